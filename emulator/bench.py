@@ -1,0 +1,127 @@
+"""``hil bench``: speed of the emulator, measured in one run next to plain torch.
+
+Prints one JSON object (``--json``) or a table: full-chip MVMs per second (64 cores x 256 x 256,
+8-bit inputs, read noise and ADC model on, per-core inputs) at batch 1, 64 and 1024 as
+``chip_mvm_per_s`` (chip MVM calls/s; multiply by the batch for vectors/s), a plain torch fp32
+batched matmul of the same shapes as ``torch_bmm_per_s``, their ratio, and programming pulses per
+second as ``pulses_per_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from emulator.chip import EmulatedChip
+from hil.chip import PulseKind
+
+
+def _rate(fn: Callable[[], Any], min_time_s: float, min_calls: int = 3) -> float:
+    """Calls per second of ``fn`` after one warm-up call."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while n < min_calls or time.perf_counter() - start < min_time_s:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def run_bench(batches: tuple[int, ...] = (1, 64, 1024), min_time_s: float = 2.0, device: str = "cpu",
+              preset: str = "hermes", seed: int = 0) -> dict[str, Any]:
+    """Measure and return the benchmark figures (see the module docstring)."""
+    chip = EmulatedChip(preset, seed=seed, device=device)
+    g = chip.geometry
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-1, 1, (g.n_cores, g.n_rows, g.n_cols)).astype(np.float32)
+    target = np.zeros((g.n_cores, g.n_rows, g.n_cols, g.n_devices), np.float32)
+    target[..., 0] = np.clip(w, 0, None) * 2.0
+    target[..., 2] = np.clip(-w, 0, None) * 2.0
+    chip.program_conductances(range(g.n_cores), target)
+    result: dict[str, Any] = {
+        "device": str(chip.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "shape": [g.n_cores, g.n_rows, g.n_cols],
+        "matmul_dtype": str(chip._w_diff.dtype).removeprefix("torch."),
+        "batches": list(batches),
+        "chip_mvm_per_s": {},
+        "torch_bmm_per_s": {},
+        "ratio": {},
+    }
+    dev = chip.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for b in batches:
+        x_np = rng.integers(-127, 128, (g.n_cores, b, g.n_rows)).astype(np.int8)
+        x_in: Any = x_np if dev.type == "cpu" else torch.from_numpy(x_np).to(dev)
+        xf = torch.from_numpy(x_np.astype(np.float32)).to(dev)
+        wf = torch.from_numpy(w).to(dev)
+
+        def chip_call(x_in: Any = x_in) -> None:
+            chip.mvm(x_in)
+            sync()
+
+        def bmm_call(xf: torch.Tensor = xf, wf: torch.Tensor = wf) -> None:
+            torch.bmm(xf, wf)
+            sync()
+
+        # Interleave the two measurements so both see the same machine state.
+        c1 = _rate(chip_call, min_time_s / 2)
+        t1 = _rate(bmm_call, min_time_s / 2)
+        c2 = _rate(chip_call, min_time_s / 2)
+        t2 = _rate(bmm_call, min_time_s / 2)
+        chip_rate, bmm_rate = max(c1, c2), max(t1, t2)
+        result["chip_mvm_per_s"][str(b)] = round(chip_rate, 2)
+        result["torch_bmm_per_s"][str(b)] = round(bmm_rate, 2)
+        result["ratio"][str(b)] = round(chip_rate / bmm_rate, 3)
+    # Programming pulses: one PARTIAL pulse on every device 0 of 4 full cores per call.
+    n_cores = min(4, g.n_cores)
+    core, row, col = (a.reshape(-1) for a in np.meshgrid(
+        np.arange(n_cores), np.arange(g.n_rows), np.arange(g.n_cols), indexing="ij"))
+    amps = rng.uniform(125, 700, core.size)
+
+    def pulse_call() -> None:
+        chip.apply_pulses(core, row, col, 0, PulseKind.PARTIAL, amps, 125.0)
+
+    result["pulses_per_s"] = round(_rate(pulse_call, min_time_s / 2) * core.size, 1)
+    result["pulses_per_call"] = int(core.size)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``hil bench``; returns the exit code."""
+    ap = argparse.ArgumentParser(prog="hil bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", default="hermes")
+    ap.add_argument("--batches", default="1,64,1024", help="comma-separated batch sizes")
+    ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement pair")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        ap.error(f"--batches={args.batches!r}; give comma-separated positive integers like 1,64,1024")
+    if any(b < 1 or b > 65536 for b in batches):
+        ap.error(f"--batches={args.batches!r}; each batch must be in [1, 65536]")
+    res = run_bench(batches, args.min_time, args.device, args.preset, args.seed)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"device {res['device']}, torch {res['torch']}, {res['threads']} threads, matmul {res['matmul_dtype']}")
+        print(f"{'batch':>6} {'chip MVM/s':>12} {'torch bmm/s':>12} {'ratio':>7}")
+        for b in res["chip_mvm_per_s"]:
+            print(f"{b:>6} {res['chip_mvm_per_s'][b]:>12.1f} {res['torch_bmm_per_s'][b]:>12.1f} {res['ratio'][b]:>7.3f}")
+        print(f"programming pulses/s: {res['pulses_per_s']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Emulator presets: every physical constant of the emulated chip, as pydantic models.
+
+Two presets ship: ``hermes`` (default; device statistics of the aihwkit HermesNoiseModel fits on the
+IBM HERMES chip, applied per PCM device, g_max 10.35 uS per device) and ``pcm-like`` (the 25 uS
+PCM model of Joshi et al. 2020 as published in aihwkit's documentation). Every constant can be
+overridden with a nested dict (``EmulatedChip(overrides={"adc": {"gain_sigma": 0.0}})``); a value
+outside its physical range is refused with the range in the message.
+Sources are tagged as in ``shared/reference/hermes-chip.md``; ASSUMPTION marks emulator choices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hil.chip import Geometry
+from hil.errors import ChipInputError
+
+StatsFit = Literal["hermes-1dev", "hermes-2dev", "pcm-like"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceModel(_Model):
+    """Programming physics of one PCM device (conductances in uS, currents in uA, times in ns)."""
+
+    reset_g_us: float = Field(0.1, ge=0.0, le=2.0, description="mean RESET conductance [uS] (|G_RESET| < 5 counts [NE23])")
+    reset_sigma_us: float = Field(0.08, ge=0.0, le=2.0, description="RESET spread [uS] (ASSUMPTION)")
+    reset_min_ua: float = Field(600.0, ge=100.0, le=800.0, description="least current of a full RESET [uA]")
+    set_g_us: float = Field(12.0, gt=0.5, le=100.0, description="mean SET conductance [uS]; 10th pct ~ g_max (ASSUMPTION)")
+    set_d2d_sigma: float = Field(0.11, ge=0.0, le=0.5, description="device-to-device SET spread, relative")
+    set_c2c_sigma: float = Field(0.04, ge=0.0, le=0.5, description="cycle-to-cycle SET spread, relative")
+    set_max_ua: float = Field(300.0, ge=50.0, le=800.0, description="SET pulses above this melt: act as PARTIAL [uA]")
+    set_tau_ns: float = Field(80.0, gt=0.0, le=10_000.0, description="crystallisation time constant of SET [ns]")
+    min_effect_ua: float = Field(50.0, ge=0.0, le=200.0, description="pulses below this current change nothing [uA]")
+    partial_mid_ua: float = Field(400.0, ge=125.0, le=800.0, description="PARTIAL current giving half of g_set [uA]")
+    partial_width_ua: float = Field(80.0, gt=1.0, le=400.0, description="slope of target vs current [uA]")
+    partial_tau_ns: float = Field(40.0, gt=0.0, le=10_000.0, description="melt time constant of PARTIAL pulses [ns]")
+    partial_kappa_mean: float = Field(0.5, ge=0.0, le=1.0, description="mean fraction of a crystallising step taken")
+    partial_kappa_sigma: float = Field(0.2, ge=0.0, le=1.0, description="spread of that fraction")
+    partial_noise_scale: float = Field(1.0, ge=0.0, le=10.0, description="pulse noise in units of the fitted sigma_prog")
+
+
+class NoiseModel(_Model):
+    """Statistical device model: programming noise, drift exponent, 1/f read noise (aihwkit fits)."""
+
+    fit: StatsFit = Field("hermes-1dev", description="formula family of hermes-chip.md 2.2/2.3")
+    g_max_us: float = Field(10.35, gt=0.0, le=100.0, description="conductance the fits are normalised to [uS]")
+    t0_s: float = Field(200.0, gt=0.0, le=1e5, description="drift reference time t0 [s]")
+    t_read_s: float = Field(512e-9, gt=0.0, le=1e-3, description="read duration of the 1/f noise law [s]")
+    prog_noise_scale: float = Field(1.0, ge=0.0, le=10.0)
+    read_noise_scale: float = Field(1.0, ge=0.0, le=10.0)
+    drift_scale: float = Field(1.0, ge=0.0, le=10.0)
+
+
+class AdcModel(_Model):
+    """CCO ADC per column: f = A i / (1 + B i) + C in counts/ns (GHz), i in uA [JSSC22 eq. 8]."""
+
+    gain_ghz_per_ua: float = Field(0.035, gt=0.0, le=1.0, description="static gain A, 35 MHz/uA [JSSC22]")
+    gain_sigma: float = Field(0.0709, ge=0.0, le=0.5, description="per-ADC gain spread, relative [JSSC22]")
+    gain_clip: float = Field(0.21, ge=0.0, le=0.9, description="largest relative gain deviation [JSSC22]")
+    nonlinearity_per_ua: float = Field(5e-4, ge=0.0, le=0.1, description="B; 5e-4 bends 100 uA by 5 % (ASSUMPTION)")
+    offset_ghz: float = Field(0.0, ge=-1.0, le=1.0, description="C, offset frequency (trimmed ~0 [JSSC22])")
+    offset_sigma_ghz: float = Field(0.0, ge=0.0, le=1.0, description="per-ADC offset spread")
+    i_sat_ua: float = Field(100.0, gt=1.0, le=1000.0, description="bit-line current where the CCO saturates [uA]")
+    counter_bits: int = Field(12, ge=4, le=24, description="ripple counter width [bits]")
+
+
+class PeripheryModel(_Model):
+    """Input PWM, read voltage, read modes, IR drop."""
+
+    v_read_v: float = Field(0.2, ge=0.1, le=0.4, description="read voltage [V] (100-400 mV [NE23])")
+    pwm_ns_per_lsb: float = Field(1.0, gt=0.0, le=100.0, description="PWM step [ns/LSB] [NE23]")
+    window_ns: float = Field(128.0, gt=0.0, le=10_000.0, description="integration window of one phase [ns]")
+    polarity_asymmetry: float = Field(0.03, ge=0.0, le=0.5, description="1-phase: G at V+ is G (1 + a) (ASSUMPTION)")
+    ir_drop: bool = Field(False, description="first-order static IR drop (HERMES value unpublished)")
+    ir_drop_ohm_per_cell: float = Field(0.35, ge=0.0, le=100.0, description="wire resistance per cell [ohm] [PTO24]")
+
+
+class VerifyModel(_Model):
+    """Verify reads of single devices or unit cells through the column ADC."""
+
+    counts_per_us: float = Field(80 / 10.35, gt=0.0, le=1000.0, description="counts per uS (80 counts ~ 10.35 uS, ASSUMPTION)")
+    read_ns: float = Field(768.0, gt=0.0, le=1e6, description="512 ns read pulse + 256 ns precharge [NE23]")
+    parallel_per_core: int = Field(256, ge=1, le=4096, description="reads in parallel per core (one per column ADC)")
+
+
+class TimingModel(_Model):
+    """Chip time of operations (advances the virtual clock)."""
+
+    write_heads_per_core: int = Field(32, ge=1, le=4096, description="parallel write heads per core [NE23]")
+    pulse_overhead_ns: float = Field(50.0, ge=0.0, le=1e6, description="per pulse slot: trailing edge, settling")
+    mvm_4phase_ns: float = Field(520.0, gt=0.0, le=1e6, description="full-chip 4-phase MVM latency [NE23]")
+    mvm_1phase_ns: float = Field(133.0, gt=0.0, le=1e6, description="full-chip 1-phase MVM latency [NE23]")
+
+
+class NumericsModel(_Model):
+    """How the emulator computes (not physics)."""
+
+    matmul_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="signal matmuls; auto: bfloat16 on CPUs with native bf16, else float32"
+    )
+    noise_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="read-noise variance matmul")
+    drift_rel_tol: float = Field(1e-3, ge=0.0, le=0.1, description="recompute drifted matrices after dt > tol (t - t_p + t0)")
+
+
+class EmulatorPreset(_Model):
+    """All constants of an emulated chip."""
+
+    name: str = "hermes"
+    geometry: Geometry = Geometry()
+    device: DeviceModel = DeviceModel()
+    noise: NoiseModel = NoiseModel()
+    adc: AdcModel = AdcModel()
+    periphery: PeripheryModel = PeripheryModel()
+    verify: VerifyModel = VerifyModel()
+    timing: TimingModel = TimingModel()
+    numerics: NumericsModel = NumericsModel()
+    ldpu_scale: float = Field(127 / 448, gt=0.0, le=100.0, description="reset value of the LDPU scale registers")
+
+
+PRESETS: dict[str, EmulatorPreset] = {
+    "hermes": EmulatorPreset(),
+    "pcm-like": EmulatorPreset(
+        name="pcm-like",
+        device=DeviceModel(set_g_us=29.0, reset_g_us=0.1),
+        noise=NoiseModel(fit="pcm-like", g_max_us=25.0, t0_s=20.0, t_read_s=250e-9),
+        verify=VerifyModel(counts_per_us=80 / 25.0),
+    ),
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if key not in base:
+            raise ChipInputError(f"unknown preset key {path + key!r}; valid keys: {', '.join(sorted(base))}")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            out[key] = _merge(base[key], value, f"{path}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_preset(
+    preset: str | EmulatorPreset = "hermes",
+    overrides: dict[str, Any] | None = None,
+    geometry: Geometry | None = None,
+) -> EmulatorPreset:
+    """A preset by name (or as given) with ``overrides`` merged in and validated."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ChipInputError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    data = preset.model_dump()
+    if geometry is not None:
+        data["geometry"] = geometry.model_dump()
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return EmulatorPreset.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ChipInputError(f"preset value {loc}={err.get('input')!r} is invalid: {err['msg']}") from None
