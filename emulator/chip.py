@@ -309,7 +309,7 @@ class EmulatedChip(Chip):
     # ------------------------------------------------------------------ MVM
     def _mvm(self, x: Any, cores: np.ndarray, output: str, mode: str) -> Any:
         as_numpy = not isinstance(x, torch.Tensor)
-        xt = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x
+        xt = torch.from_numpy(np.array(x, copy=not np.asarray(x).flags.writeable or None, order='C')) if as_numpy else x
         self._refresh(cores)
         all_cores = cores.size == self.geometry.n_cores and bool(np.all(cores == self._all_cores))
         if all_cores:

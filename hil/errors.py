@@ -43,7 +43,7 @@ def check_range(name: str, value: Any, low: float, high: float, fix: str = "") -
     else:
         bad = (arr < low) | (arr > high)
     if np.any(bad):
-        first = arr.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])]
+        first = arr.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])].item()
         hint = f" {fix}" if fix else ""
         raise ChipInputError(f"{name}={first!r} is out of range; allowed [{low}, {high}].{hint}")
 
