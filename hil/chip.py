@@ -369,7 +369,8 @@ class Chip(ABC):
         relu_a = np.asarray(_to_numpy(relu))
         if relu_a.dtype.kind not in "bui" or relu_a.shape not in ((), (cores_a.size,)):
             raise ChipInputError(f"relu must be a bool or ({cores_a.size},) bools, got {relu_a!r}.")
-        self._set_ldpu(cores_a, LdpuRegisters(regs["scale"], regs["offset"], np.broadcast_to(relu_a, (cores_a.size,)).astype(bool)))
+        relu_b = np.broadcast_to(relu_a, (cores_a.size,)).astype(bool)
+        self._set_ldpu(cores_a, LdpuRegisters(regs["scale"], regs["offset"], relu_b))
 
     @abstractmethod
     def _set_ldpu(self, cores: np.ndarray, regs: LdpuRegisters) -> None: ...
