@@ -221,6 +221,52 @@ class EmulatedChip(Chip):
         self._cache_t[cores_a] = -np.inf
         self._tp_max[cores_a] = self._t
 
+    def program_weights(self, cores: Any, g_weight_us: Any, devices_per_weight: int = 1) -> None:
+        """Statistical fast path at the weight level (emulator only).
+
+        ``g_weight_us`` (n_sel, rows, cols): signed unit-cell conductance G+ - G- [uS]. Positive weights
+        go to the G+ devices, negative ones to G-, the other polarity stays at 0 uS (RESET). With
+        ``devices_per_weight=2`` (HERMES two-device programming) both devices of the polarity get half;
+        for the ``hermes`` presets the weight's noise then follows the two-device fit (g_max 2 x 10.35 uS,
+        [AIHW] hermes.py num_devices=2), split equally over the two devices, and both devices share one
+        nu, as that fit assumes ("as if both devices hold the same conductance").
+        """
+        g = self.geometry
+        w = np.asarray(g_weight_us, dtype=np.float32)
+        cores_a = np.atleast_1d(np.asarray(cores, dtype=np.int64))
+        if devices_per_weight not in (1, 2):
+            raise ChipInputError(f"devices_per_weight={devices_per_weight!r}; allowed 1 or 2.")
+        if w.shape != (cores_a.size, g.n_rows, g.n_cols):
+            raise ChipInputError(f"g_weight_us has shape {w.shape}; expected {(cores_a.size, g.n_rows, g.n_cols)}.")
+        half = g.n_devices // 2
+        target = np.zeros((*w.shape, g.n_devices), np.float32)
+        if devices_per_weight == 1:
+            target[..., 0], target[..., half] = np.clip(w, 0, None), np.clip(-w, 0, None)
+            self.program_conductances(cores_a, target)
+            return
+        nm = self.preset.noise
+        pair = nm.model_copy(update={"g_max_us": 2 * nm.g_max_us}) if nm.fit == "pcm-like" else nm.model_copy(
+            update={"fit": "hermes-2dev", "g_max_us": 2 * nm.g_max_us}
+        )
+        pair_preset = self.preset.model_copy(update={"noise": pair})
+        self.program_conductances(cores_a, target)  # validates and RESETs everything first
+        with torch.no_grad():
+            wt = torch.from_numpy(w).to(self.device)
+            mag = wt.abs()
+            prog = statistical_program(mag, pair_preset, self._gen)
+            nu = draw_nu(mag, pair_preset, self._gen)
+            q = read_noise_q(prog, pair_preset)
+            split = (prog / 2)[..., None].expand(*w.shape, half)  # the pair's noise, shared by its two devices
+            idx = torch.from_numpy(cores_a).to(self.device)
+            g_new = self._g[idx]  # opposite polarity keeps the RESET-level values drawn above
+            pos = (wt >= 0)[..., None]
+            g_new[..., :half] = torch.where(pos, split, g_new[..., :half])
+            g_new[..., half:] = torch.where(pos, g_new[..., half:], split)
+            self._g[idx] = g_new
+            self._nu[idx] = nu[..., None].expand_as(g_new).contiguous()
+            self._q[idx] = q[..., None].expand_as(g_new).contiguous()
+        self._cache_t[cores_a] = -np.inf
+
     # ------------------------------------------------------------------ ground truth (emulator only)
     def true_conductances(self, cores: Any = None) -> np.ndarray:
         """Noise-free drifted conductances now [uS], shape (n_sel, rows, cols, devices)."""
