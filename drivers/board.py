@@ -1,0 +1,409 @@
+"""The lab chip: a :class:`hil.Chip` on the chip's control board, over pyvisa (pyvisa-py TCPIP SOCKET).
+
+Every chip call becomes one request of the board protocol (``docs/board-protocol.md``,
+:mod:`drivers.board_protocol`): a command line with a request id plus IEEE 488.2 blocks for
+arrays. The public :class:`hil.Chip` methods validate arguments here first, so bad input is
+refused before anything is sent, and the board validates again.
+
+Faults: when a request fails on the way (connection refused or dropped, reply timeout) the chip
+drops the connection, reconnects with exponential back-off and sends the *same* request again
+with the *same* request id. The board remembers recent request ids with their replies, so a
+request that was applied before the connection dropped is answered from memory, never applied
+twice. Each new connection starts with ``HELLO``, whose boot id tells whether the board
+restarted: a restarted board has lost its memory of request ids (and an emulator its whole chip
+state), so the chip then fails with :class:`hil.ChipCommunicationError` naming the request that
+may or may not have been applied, and refuses every further call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyvisa
+from pyvisa import errors as visa_errors
+from pyvisa.resources import MessageBasedResource
+
+from drivers.board_protocol import (
+    PROTOCOL_VERSION,
+    BoardProtocolError,
+    Message,
+    block_header,
+    decode_block,
+    encode_message,
+    join_chunks,
+    parse_block_header,
+    parse_line,
+)
+from drivers.instrument import default_resource_manager
+from hil.chip import WRITE_HEAD_LIMIT_UA, Chip, ChipInfo, Geometry, LdpuRegisters, PulseBatch
+from hil.errors import ChipCommunicationError, ChipInputError, HilError, SafetyLimitError, check_range
+
+log = logging.getLogger("drivers.board")
+
+#: Errors after which a request is retried on a fresh connection.
+_TRANSIENT: tuple[type[BaseException], ...] = (visa_errors.VisaIOError, OSError, BoardProtocolError, EOFError)
+#: pyvisa-py reads sockets in 4 KiB pieces by default; large MVM replies go much faster in bigger ones.
+_RECV_BYTES = 1 << 20
+#: Read size for blocks (bytes per pyvisa read call).
+_CHUNK_BYTES = 1 << 24
+
+
+class BoardRestartedError(ChipCommunicationError):
+    """The board restarted (new boot id) while this chip was using it; its state is gone."""
+
+
+def normalize_address(address: str) -> str:
+    """'HOST:PORT' -> 'TCPIP0::HOST::PORT::SOCKET'; VISA addresses pass unchanged."""
+    if "::" in address:
+        return address
+    m = re.fullmatch(r"\[?([A-Za-z0-9_.\-]+)\]?:(\d{1,5})", address.strip())
+    if m is None:
+        raise ChipInputError(
+            f"board address {address!r} is neither 'HOST:PORT' nor a VISA address like "
+            "'TCPIP0::127.0.0.1::5025::SOCKET'."
+        )
+    return f"TCPIP0::{m.group(1)}::{int(m.group(2))}::SOCKET"
+
+
+def _compact(arr: np.ndarray) -> Any:
+    """A constant array as one scalar (the board broadcasts it); otherwise the array itself."""
+    flat = arr.reshape(-1)
+    if flat.size and bool(np.all(flat == flat[0])):
+        return flat[0].item()
+    return arr
+
+
+class LabChip(Chip):
+    """A chip on a control board that speaks the board protocol (a lab board or ``hil emulate``).
+
+    ``address``: 'HOST:PORT' or a VISA address 'TCPIP0::HOST::PORT::SOCKET'. ``timeout_s``: reply
+    timeout per request (s; a full-chip MVM batch can take seconds on an emulator).
+    ``connect_timeout_s``: timeout of one connection attempt (s). ``reconnect_timeout_s``: how
+    long to keep retrying after a failure (s), with back-off from ``backoff_initial_s`` doubling
+    up to ``backoff_max_s``. ``max_pulse_ua``: the station's write-head current limit (uA, at most
+    800); a pulse above it trips: ``trip_handler(chip, reason)`` runs (a station switches its
+    outputs off) and :class:`hil.SafetyLimitError` is raised before anything is sent.
+    """
+
+    #: Resume must not re-execute a journal on real hardware: the state lives on the board.
+    resume_by_reexecution = False
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        resource_manager: pyvisa.ResourceManager | None = None,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        reconnect_timeout_s: float = 10.0,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        max_pulse_ua: float = WRITE_HEAD_LIMIT_UA,
+        trip_handler: Callable[[Any, str], None] | None = None,
+    ) -> None:
+        check_range("timeout_s", timeout_s, 0.01, 3600.0, fix="Give the reply timeout in seconds.")
+        check_range("connect_timeout_s", connect_timeout_s, 0.01, 600.0)
+        check_range("reconnect_timeout_s", reconnect_timeout_s, 0.0, 3600.0)
+        check_range("backoff_initial_s", backoff_initial_s, 0.001, 60.0)
+        check_range("backoff_max_s", backoff_max_s, backoff_initial_s, 600.0)
+        check_range("max_pulse_ua", max_pulse_ua, 1e-3, WRITE_HEAD_LIMIT_UA, fix="The write heads allow 800 uA.")
+        self.address = normalize_address(address)
+        self.timeout_s = float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.reconnect_timeout_s = float(reconnect_timeout_s)
+        self.backoff_initial_s = float(backoff_initial_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.max_pulse_ua = float(max_pulse_ua)
+        self.trip_handler = trip_handler
+        self._rm = resource_manager or default_resource_manager()
+        self._session = secrets.token_hex(4)
+        self._seq = 0
+        self._res: MessageBasedResource | None = None
+        self._boot: str | None = None
+        self._failed: str | None = None
+        self._closed = False
+        #: Requests sent, retries made and reconnections, for diagnostics and tests.
+        self.stats = {"requests": 0, "retries": 0, "connections": 0}
+        self._hello: Message | None = None
+        self._with_retry("HELLO", "-", self._ensure_connected)
+        assert self._hello is not None
+        try:
+            details = json.loads(self._hello.get_array("info", scalar_ok=False).tobytes().decode())
+            self.geometry = Geometry.model_validate(details["geometry"])
+            self._remote_info = ChipInfo.model_validate(details["chip"])
+        except (ValueError, KeyError, TypeError, BoardProtocolError) as exc:
+            self.close()
+            raise ChipCommunicationError(f"board at {self.address} sent an unusable HELLO reply: {exc}") from exc
+
+    @classmethod
+    def from_spec(cls, spec: str, seed: int | None = None, **kwargs: Any) -> LabChip:
+        """Chip from a spec 'HOST:PORT' (as in ``lab:HOST:PORT``).
+
+        ``seed`` is accepted for a uniform backend interface but cannot seed hardware; an emulator
+        behind the board has the seed it was started with (``hil emulate --seed``). A different
+        one is logged as a warning.
+        """
+        chip = cls(spec, **kwargs)
+        remote_seed = chip._remote_info.details.get("seed")
+        if seed is not None and remote_seed is not None and int(remote_seed) != int(seed):
+            log.warning("lab chip %s: requested seed %s, but the board's emulator runs seed %s", spec, seed, remote_seed)
+        return chip
+
+    # ------------------------------------------------------------------ identity and clock
+    @property
+    def info(self) -> ChipInfo:
+        r = self._remote_info
+        return ChipInfo(
+            backend="lab",
+            name=f"{r.name} (board {self.address})",
+            serial=r.serial,
+            details={
+                "address": self.address,
+                "boot_id": self._boot,
+                "protocol": PROTOCOL_VERSION,
+                "board_backend": r.backend,
+                "board": r.details,
+            },
+        )
+
+    def now(self) -> float:
+        return self._request("NOW").get_float("t")
+
+    def _sleep(self, seconds: float) -> None:
+        self._request("SLEEP", {"s": float(seconds)})
+
+    # ------------------------------------------------------------------ programming and reads
+    def _apply_pulses(self, batch: PulseBatch) -> None:
+        if np.any(batch.amplitude_ua > self.max_pulse_ua):
+            i = int(np.flatnonzero(batch.amplitude_ua > self.max_pulse_ua)[0])
+            self._trip(
+                f"pulse {i}: amplitude_ua={batch.amplitude_ua[i]} exceeds the station write-head limit of "
+                f"{self.max_pulse_ua} uA; allowed (0, {self.max_pulse_ua}]. Lower the pulse current or raise "
+                "write_head_current_ua in the station file."
+            )
+        params = {
+            "core": batch.core,  # never a scalar: its length is the batch size
+            "row": _compact(batch.row),
+            "col": _compact(batch.col),
+            "device": _compact(batch.device),
+            "kind": _compact(batch.kind),
+            "amp": _compact(batch.amplitude_ua),
+            "width": _compact(batch.width_ns),
+        }
+        reply = self._request("PULSE", params)
+        if reply.get_int("n") != len(batch):
+            raise ChipCommunicationError(f"board applied {reply.get_int('n')} pulses, {len(batch)} were sent")
+
+    def _trip(self, reason: str) -> None:
+        log.error("lab chip: safety limit tripped: %s", reason)
+        if self.trip_handler is not None:
+            try:
+                self.trip_handler(self, reason)
+            except Exception as exc:  # the refusal still has to reach the protocol
+                raise SafetyLimitError(f"{reason} (safe shutdown also failed: {exc})") from exc
+        raise SafetyLimitError(reason)
+
+    def _read_devices(self, core: np.ndarray, row: np.ndarray, col: np.ndarray, device: np.ndarray) -> np.ndarray:
+        params = {"core": core, "row": _compact(row), "col": _compact(col), "device": _compact(device)}
+        return self._request("READDEV", params).get_array("counts", scalar_ok=False).astype(np.int32, copy=False)
+
+    def _read_cells(self, core: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        params = {"core": core, "row": _compact(row), "col": _compact(col)}
+        return self._request("READCELL", params).get_array("counts", scalar_ok=False).astype(np.int32, copy=False)
+
+    # ------------------------------------------------------------------ MVM
+    def _mvm(self, x: Any, cores: np.ndarray, output: str, mode: str) -> Any:
+        is_torch = hasattr(x, "detach") and hasattr(x, "cpu")
+        xs = x.detach().cpu() if is_torch else np.asarray(x)
+        # validate_mvm broadcasts shared (B, rows) inputs to every core; send them once.
+        stride0 = xs.stride(0) if is_torch else xs.strides[0]
+        shared = stride0 == 0
+        arr = xs[0] if shared else xs
+        arr_np = arr.numpy() if is_torch else arr
+        params = {"x": np.ascontiguousarray(arr_np, dtype=np.int8), "cores": cores, "output": output, "mode": mode}
+        y = self._request("MVM", params).get_array("y", scalar_ok=False)
+        if is_torch:
+            import torch  # only when the caller works in torch anyway
+
+            return torch.from_numpy(np.ascontiguousarray(y))
+        return y
+
+    # ------------------------------------------------------------------ LDPU
+    def _set_ldpu(self, cores: np.ndarray, regs: LdpuRegisters) -> None:
+        self._request(
+            "LDPU.SET",
+            {
+                "cores": cores,
+                "scale": np.ascontiguousarray(regs.scale, dtype=np.float16),
+                "offset": np.ascontiguousarray(regs.offset, dtype=np.float16),
+                "relu": np.ascontiguousarray(regs.relu, dtype=bool),
+            },
+        )
+
+    def _get_ldpu(self, cores: np.ndarray) -> LdpuRegisters:
+        r = self._request("LDPU.GET", {"cores": cores})
+        return LdpuRegisters(
+            scale=r.get_array("scale", scalar_ok=False).astype(np.float16, copy=False),
+            offset=r.get_array("offset", scalar_ok=False).astype(np.float16, copy=False),
+            relu=r.get_array("relu", scalar_ok=False).astype(bool, copy=False),
+        )
+
+    def board_stats(self) -> dict[str, int]:
+        """The board's counters: requests executed, answered from memory, refused (``STATS``)."""
+        r = self._request("STATS")
+        return {k: int(v) for k, v in r.params.items() if isinstance(v, str) and v.isdigit()}
+
+    # ------------------------------------------------------------------ transport
+    def _request(self, verb: str, params: dict[str, Any] | None = None) -> Message:
+        if self._closed:
+            raise ChipCommunicationError(f"lab chip at {self.address} is closed; create a new one.")
+        if self._failed is not None:
+            raise ChipCommunicationError(self._failed)
+        self._seq += 1
+        rid = f"{self._session}-{self._seq}"
+        payload = join_chunks(encode_message(verb, rid, params, narrow=True))
+        self.stats["requests"] += 1
+
+        def attempt() -> Message:
+            res = self._ensure_connected()
+            res.write_raw(payload)
+            return self._read_reply(res, rid)
+
+        reply = self._with_retry(verb, rid, attempt)
+        if reply.verb == "ERR":
+            raise self._error_from_reply(verb, reply)
+        return reply
+
+    def _with_retry(self, verb: str, rid: str, fn: Callable[[], Any]) -> Any:
+        deadline: float | None = None
+        delay = self.backoff_initial_s
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return fn()
+            except BoardRestartedError as exc:
+                self._failed = str(exc)
+                self._drop_connection()
+                raise
+            except _TRANSIENT as exc:
+                self._drop_connection()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.reconnect_timeout_s
+                if now + delay > deadline:
+                    raise ChipCommunicationError(
+                        f"board at {self.address} did not answer {verb} (request {rid}) after {attempts} attempt(s) "
+                        f"over {self.reconnect_timeout_s:g} s; last error: {type(exc).__name__}: {exc}. "
+                        "Check that the board (or 'hil emulate') is running, or raise reconnect_timeout_s / timeout_s."
+                    ) from exc
+                log.warning("board %s: %s %s failed (%s); retrying in %.3g s", self.address, verb, rid, exc, delay)
+                self.stats["retries"] += 1
+                time.sleep(delay)
+                delay = min(2.0 * delay, self.backoff_max_s)
+
+    def _ensure_connected(self) -> MessageBasedResource:
+        if self._res is not None:
+            return self._res
+        try:
+            res = self._rm.open_resource(self.address, open_timeout=round(self.connect_timeout_s * 1000))
+        except visa_errors.VisaIOError:
+            raise
+        except Exception as exc:  # pyvisa-py raises a bare Exception when it cannot connect
+            raise OSError(f"cannot open {self.address}: {exc}") from exc
+        if not isinstance(res, MessageBasedResource):
+            res.close()
+            raise ChipCommunicationError(f"{self.address} is not a message-based VISA resource")
+        try:
+            res.read_termination = "\n"
+            res.write_termination = ""
+            res.timeout = self.connect_timeout_s * 1000.0
+            self._tune(res)
+            rid = f"{self._session}-h{self.stats['connections'] + 1}"
+            res.write_raw(join_chunks(encode_message("HELLO", rid, {"proto": PROTOCOL_VERSION})))
+            hello = self._read_reply(res, rid)
+            if hello.verb == "ERR":
+                raise ChipCommunicationError(f"board at {self.address} refused HELLO: {hello.params.get('message')}")
+            boot = hello.get_str("boot")
+            if self._boot is not None and boot != self._boot:
+                raise BoardRestartedError(
+                    f"the board at {self.address} restarted while this run was using it (boot id {self._boot} -> "
+                    f"{boot}). A restarted board has forgotten which requests it applied, and an emulator has lost "
+                    f"its whole chip state (conductances, LDPU registers, clock), so request {self._seq} may or may "
+                    "not have been applied. The run cannot go on; start it again."
+                )
+            self._boot = boot
+            self._hello = hello
+            res.timeout = self.timeout_s * 1000.0
+        except BaseException:
+            res.close()
+            raise
+        self._res = res
+        self.stats["connections"] += 1
+        return res
+
+    @staticmethod
+    def _tune(res: MessageBasedResource) -> None:
+        # Large replies: ask pyvisa-py's socket session for bigger recv() calls when it has that
+        # knob (a plain attribute of its TCPIP SOCKET session); other VISA libraries are left alone.
+        sessions = getattr(res.visalib, "sessions", None)
+        session = sessions.get(res.session) if isinstance(sessions, dict) else None
+        if session is not None and isinstance(getattr(session, "max_recv_size", None), int):
+            session.max_recv_size = _RECV_BYTES
+
+    def _read_reply(self, res: MessageBasedResource, rid: str) -> Message:
+        line = res.read_raw()
+        if not line.endswith(b"\n"):
+            raise EOFError(f"reply line cut short: {line[:80]!r}")
+        msg, arrays = parse_line(line)
+        if arrays:
+            total = sum(len(block_header(s.nbytes)) + s.nbytes for _, s in arrays) + 1
+            # Blocks are binary: the termination character must not end a read inside them.
+            res.read_termination = None
+            try:
+                data = memoryview(res.read_bytes(total, chunk_size=_CHUNK_BYTES))
+            finally:
+                res.read_termination = "\n"
+            pos = 0
+            for key, spec in arrays:
+                n_digits, _ = parse_block_header(bytes(data[pos : pos + 2]))
+                count = int(bytes(data[pos + 2 : pos + 2 + n_digits]))
+                if count != spec.nbytes:
+                    raise BoardProtocolError(f"reply block {key} has {count} bytes, expected {spec.nbytes}", fatal=True)
+                pos += 2 + n_digits
+                msg.params[key] = decode_block(spec, data[pos : pos + count])
+                pos += count
+            if bytes(data[pos : pos + 1]) != b"\n":
+                raise BoardProtocolError("reply does not end with '\\n' after its blocks", fatal=True)
+        if msg.rid != rid:
+            raise BoardProtocolError(f"reply to request {msg.rid!r} arrived while waiting for {rid!r}", fatal=True)
+        return msg
+
+    def _error_from_reply(self, verb: str, reply: Message) -> HilError:
+        code = str(reply.params.get("code", "INTERNAL"))
+        text = str(reply.params.get("message", ""))
+        if code == "INPUT":
+            return ChipInputError(text)
+        if code == "SAFETY":
+            return SafetyLimitError(text)
+        return ChipCommunicationError(f"board at {self.address} refused {verb} ({code}): {text}")
+
+    def _drop_connection(self) -> None:
+        res, self._res = self._res, None
+        if res is not None:
+            try:
+                res.close()
+            except Exception as exc:  # closing a broken socket may fail; the connection is gone either way
+                log.debug("closing %s: %s", self.address, exc)
+
+    def close(self) -> None:
+        """Close the connection (never the shared ResourceManager). Safe to call twice."""
+        self._closed = True
+        self._drop_connection()

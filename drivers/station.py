@@ -1,0 +1,357 @@
+"""The station file: which instruments a bench has, where they are, simulated or real, and its safety limits.
+
+A station file is YAML validated by :class:`StationConfig` (unknown keys are errors)::
+
+    name: pcm-bench-1
+    simulated: false            # default for every instrument; true runs the whole bench on pyvisa-sim
+    limits:
+      write_head_current_ua: 600
+      supply_voltage_v: 3.6
+      supply_current_a: 1.0
+      temperature_k: 358.15
+      smu_voltage_v: 5.0
+      pulse_voltage_v: 3.0
+    instruments:
+      psu: {driver: keysight_e36300, address: "TCPIP0::192.168.1.13::inst0::INSTR"}
+      tc:  {driver: lakeshore_336, address: "TCPIP0::192.168.1.15::7777::SOCKET", simulated: true}
+    board:
+      address: "TCPIP0::192.168.1.20::5025::SOCKET"
+
+Switching between simulated and real is a change of this file only: a simulated instrument opens
+the driver's pyvisa-sim YAML (a fresh copy per station, so no state leaks between stations), a
+simulated board starts ``python -m emulator.server`` on a free local port. :class:`Station` opens
+everything, passes each driver its limits, and on any tripped limit switches every output off
+(:meth:`Station.safe_shutdown`) before the :class:`hil.SafetyLimitError` reaches the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pyvisa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drivers import DRIVERS, driver_class
+from drivers.instrument import Instrument, InstrumentCommunicationError, sim_file_path
+from hil.errors import HilError
+
+log = logging.getLogger("drivers.station")
+
+DriverName = Literal["keithley_2600b", "keysight_33500b", "keysight_34465a", "lakeshore_336", "keysight_e36300"]
+
+
+class StationFileError(HilError, ValueError):
+    """The station file is missing, not YAML, or does not match the schema."""
+
+
+class SafetyLimits(BaseModel):
+    """Safety limits of a bench; every one is required so that no limit is an unnoticed default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    write_head_current_ua: float = Field(
+        gt=0, le=800, description="largest programming pulse current (uA) on the board, and SMU current (uA)"
+    )
+    supply_voltage_v: float = Field(gt=0, le=30, description="largest power-supply voltage setpoint (V), any output")
+    supply_current_a: float = Field(gt=0, le=10, description="largest power-supply current limit and reading (A)")
+    temperature_k: float = Field(gt=0, le=500, description="largest stage temperature setpoint and reading (K)")
+    smu_voltage_v: float = Field(gt=0, le=40.4, description="largest SMU source voltage and voltage compliance (V)")
+    pulse_voltage_v: float = Field(gt=0, le=10, description="largest pulse-generator output level magnitude (V)")
+
+
+class InstrumentConfig(BaseModel):
+    """One instrument of the station."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    driver: DriverName = Field(description="driver name, see drivers.DRIVERS")
+    address: str = Field(min_length=1, description="VISA address of the real instrument")
+    simulated: bool | None = Field(None, description="None: the station's 'simulated' setting")
+    timeout_s: float = Field(5.0, gt=0, le=600, description="I/O timeout (s)")
+
+
+class EmulatorBoardConfig(BaseModel):
+    """What a simulated board runs: the emulator server's preset, seed and (optionally small) geometry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "hermes"
+    seed: int = Field(0, ge=0)
+    cores: int | None = Field(None, ge=1, le=1024)
+    rows: int | None = Field(None, ge=1, le=4096)
+    cols: int | None = Field(None, ge=1, le=4096)
+
+
+class BoardConfig(BaseModel):
+    """The chip control board (see docs/board-protocol.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(min_length=1, description="'TCPIP0::HOST::PORT::SOCKET' or 'HOST:PORT'")
+    simulated: bool | None = Field(None, description="None: the station's setting; true starts an emulator server")
+    emulator: EmulatorBoardConfig = Field(default_factory=EmulatorBoardConfig)
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="reply timeout per request (s)")
+    connect_timeout_s: float = Field(5.0, gt=0, le=600, description="timeout of one connection attempt (s)")
+    reconnect_timeout_s: float = Field(10.0, ge=0, le=3600, description="how long to keep reconnecting (s)")
+
+
+class StationConfig(BaseModel):
+    """A whole station file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    simulated: bool = Field(False, description="default of every instrument's and the board's 'simulated'")
+    visa_library: str = Field("@py", description="pyvisa backend for real instruments ('@py' or a VISA path)")
+    limits: SafetyLimits
+    instruments: dict[str, InstrumentConfig] = Field(default_factory=dict)
+    board: BoardConfig | None = None
+
+    @field_validator("instruments")
+    @classmethod
+    def _names(cls, value: dict[str, InstrumentConfig]) -> dict[str, InstrumentConfig]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"instrument name {name!r} must be an identifier (letters, digits, _)")
+        return value
+
+
+def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
+    """Read and validate a station file; errors name the file and every bad field."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise StationFileError(f"cannot read station file {p}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise StationFileError(f"station file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise StationFileError(f"station file {p} must hold a mapping (name, limits, instruments, board).")
+    try:
+        return StationConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise StationFileError(f"station file {p} is invalid:\n" + "\n".join(lines)) from None
+
+
+#: Which station limits each driver receives, as driver keyword arguments.
+_LIMIT_KWARGS: dict[str, Callable[[SafetyLimits], dict[str, float]]] = {
+    "keithley_2600b": lambda lim: {
+        "max_voltage_v": lim.smu_voltage_v,
+        "max_current_a": lim.write_head_current_ua * 1e-6,
+    },
+    "keysight_33500b": lambda lim: {"max_voltage_v": lim.pulse_voltage_v},
+    "keysight_34465a": lambda lim: {},
+    "lakeshore_336": lambda lim: {"max_temperature_k": lim.temperature_k},
+    "keysight_e36300": lambda lim: {"max_voltage_v": lim.supply_voltage_v, "max_current_a": lim.supply_current_a},
+}
+assert set(_LIMIT_KWARGS) == set(DRIVERS), "every driver needs a limits mapping"
+
+
+class Station:
+    """Opens the instruments and board of a :class:`StationConfig` and shuts them down safely.
+
+    Use as a context manager, or call :meth:`connect` and :meth:`close`. ``station['psu']`` is an
+    open driver; :meth:`chip` the lab chip on the board.
+    """
+
+    def __init__(self, config: StationConfig) -> None:
+        self.config = config
+        self.instruments: dict[str, Instrument] = {}
+        self.trip_reasons: list[str] = []
+        self._sim_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._sim_rms: dict[str, pyvisa.ResourceManager] = {}
+        self._chip: Any = None
+        self._server: subprocess.Popen[str] | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Station:
+        """A station from a station file (not yet connected)."""
+        return cls(load_station_config(path))
+
+    # ------------------------------------------------------------------ opening
+    def is_simulated(self, name: str) -> bool:
+        """Whether instrument ``name`` (or 'board') runs simulated per the station file."""
+        item = self.config.board if name == "board" else self.config.instruments[name]
+        if item is None:
+            raise KeyError("this station has no board")
+        return self.config.simulated if item.simulated is None else item.simulated
+
+    def _sim_rm(self, sim_file: str) -> pyvisa.ResourceManager:
+        # pyvisa caches one simulator per YAML path for the whole process, so each station loads its
+        # own copy: a fresh simulated bench whose state no other station or test can see.
+        if sim_file not in self._sim_rms:
+            if self._sim_dir is None:
+                self._sim_dir = tempfile.TemporaryDirectory(prefix="hil-station-")
+            copy = Path(self._sim_dir.name) / sim_file
+            shutil.copyfile(sim_file_path(sim_file), copy)
+            self._sim_rms[sim_file] = pyvisa.ResourceManager(f"{copy}@sim")
+        return self._sim_rms[sim_file]
+
+    def connect(self) -> Station:
+        """Open every instrument (reading back its state); on failure close what was opened and raise."""
+        try:
+            for name, cfg in self.config.instruments.items():
+                cls = driver_class(cfg.driver)
+                if self.is_simulated(name):
+                    rm, address = self._sim_rm(cls.sim_file), cls.sim_address
+                else:
+                    rm, address = self._real_rm(), cfg.address
+                self.instruments[name] = cls(
+                    address,
+                    name=name,
+                    resource_manager=rm,
+                    timeout_s=cfg.timeout_s,
+                    trip_handler=self._on_trip,
+                    **_LIMIT_KWARGS[cfg.driver](self.config.limits),
+                )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _real_rm(self) -> pyvisa.ResourceManager:
+        if self.config.visa_library == "@py":
+            from drivers.instrument import default_resource_manager
+
+            return default_resource_manager()
+        return pyvisa.ResourceManager(self.config.visa_library)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.instruments:
+            known = ", ".join(self.instruments) or "(none: call connect() first)"
+            raise KeyError(f"no instrument {name!r} in station {self.config.name!r}; open instruments: {known}")
+        return self.instruments[name]
+
+    def chip(self) -> Any:
+        """The :class:`drivers.board.LabChip` on this station's board (opened on first call)."""
+        from drivers.board import LabChip  # the board module is only needed by stations with a board
+
+        if self._chip is not None:
+            return self._chip
+        board = self.config.board
+        if board is None:
+            raise StationFileError(f"station {self.config.name!r} has no 'board' section; add one to use the chip.")
+        address = self._start_emulator_server(board) if self.is_simulated("board") else board.address
+        self._chip = LabChip(
+            address,
+            timeout_s=board.timeout_s,
+            connect_timeout_s=board.connect_timeout_s,
+            reconnect_timeout_s=board.reconnect_timeout_s,
+            max_pulse_ua=self.config.limits.write_head_current_ua,
+            trip_handler=self._on_trip,
+        )
+        return self._chip
+
+    def _start_emulator_server(self, board: BoardConfig) -> str:
+        em = board.emulator
+        cmd = [sys.executable, "-m", "emulator.server", "--host", "127.0.0.1", "--port", "0"]
+        cmd += ["--preset", em.preset, "--seed", str(em.seed)]
+        for flag, value in (("--cores", em.cores), ("--rows", em.rows), ("--cols", em.cols)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        self._server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        return f"TCPIP0::127.0.0.1::{wait_for_listening(self._server, timeout_s=120.0)}::SOCKET"
+
+    # ------------------------------------------------------------------ safety
+    def _on_trip(self, source: Any, reason: str) -> None:
+        failures = self.safe_shutdown(reason)
+        if failures:
+            raise InstrumentCommunicationError("; ".join(failures))
+
+    def safe_shutdown(self, reason: str = "") -> list[str]:
+        """Switch every instrument's outputs off; return the failures (never stops half-way)."""
+        with self._lock:
+            if reason:
+                self.trip_reasons.append(reason)
+            log.warning("station %s: safe shutdown (%s)", self.config.name, reason or "requested")
+            failures = []
+            for name, inst in self.instruments.items():
+                if inst.closed:
+                    continue
+                try:
+                    inst.safe_state()
+                except Exception as exc:  # keep going: the other outputs must still be switched off
+                    failures.append(f"{name}: safe_state failed: {exc}")
+                    log.error("station %s: %s could not be made safe: %s", self.config.name, name, exc)
+            return failures
+
+    def snapshot(self) -> dict[str, Any]:
+        """The station's cached instrument settings (no I/O), for run metadata."""
+        return {
+            "name": self.config.name,
+            "limits": self.config.limits.model_dump(),
+            "instruments": {n: {"simulated": self.is_simulated(n), **i.snapshot()} for n, i in self.instruments.items()},
+        }
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Close the board, the instruments and this station's own simulators (not the shared manager)."""
+        if self._chip is not None:
+            self._chip.close()
+            self._chip = None
+        for inst in self.instruments.values():
+            inst.close()
+        self.instruments.clear()
+        for rm in self._sim_rms.values():
+            with contextlib.suppress(Exception):
+                rm.close()
+        self._sim_rms.clear()
+        if self._sim_dir is not None:
+            self._sim_dir.cleanup()
+            self._sim_dir = None
+        if self._server is not None:
+            stop_process(self._server)
+            self._server = None
+
+    def __enter__(self) -> Station:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_for_listening(proc: subprocess.Popen[str], timeout_s: float) -> int:
+    """Read an emulator server's stdout until its ``listening on HOST:PORT`` line; return PORT."""
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        m = re.search(r"listening on \S+:(\d+)", line)
+        if m:
+            return int(m.group(1))
+    stop_process(proc)
+    raise InstrumentCommunicationError(
+        f"the emulator server did not start (exit code {proc.returncode}); its output: {' | '.join(lines) or '(none)'}"
+    )
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """Terminate a child process started here, and wait for it (kill if it does not stop)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+    if proc.stdout is not None:
+        proc.stdout.close()

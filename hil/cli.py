@@ -1,0 +1,413 @@
+"""The ``hil`` command line (argparse).
+
+Commands: ``demo``, ``run``, ``protocols``, ``ls``, ``show``, ``replay``, ``resume``, ``report``,
+``bench`` (forwards to ``emulator.bench``) and ``emulate`` (forwards to ``emulator.server``).
+Progress bars go to stderr and only on a terminal; ``--json`` prints one JSON document on stdout.
+
+Exit codes: 0 ok, 1 run failed, 2 bad input or usage, 3 run aborted (resumable), 4 replay differs
+from the recording, 5 chip could not be opened or reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hil.engine import (
+    DEFAULT_OUT,
+    EXIT_ABORTED,
+    EXIT_CHIP,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EXIT_USAGE,
+    RunResult,
+    describe_config,
+    open_chip,
+    replay_run,
+    resume_run,
+    run_protocol,
+)
+from hil.errors import ChipCommunicationError, HilError, ReplayMismatchError
+from hil.runfile import RunReader, to_json
+
+#: What ``hil demo`` runs: one chip, then these (protocol, config) steps in order on it. The
+#: programming protocols slot in here ahead of the sweep (with "program": False for the sweep).
+DEMO_CHIP = "emulator:hermes,cores=4,rows=64,cols=64"
+DEMO_STEPS: list[tuple[str, dict[str, Any]]] = [
+    ("mvm-sweep", {"program_iterations": 8, "batch": 32, "repeats": 2}),
+]
+
+EPILOG = "exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our usage code (2) and a hint."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"hil: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(to_json(data))
+    elif text:
+        print(text)
+
+
+def _resolve_run(ref: str, runs: str | None) -> Path:
+    """A run file from a path, or a run id / unique prefix looked up in the runs folder."""
+    p = Path(ref)
+    if p.exists() or p.suffix == ".h5" or "/" in ref:
+        return p
+    from hil.index import RunIndex
+
+    return RunIndex(runs or DEFAULT_OUT).find(ref)
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return {None: None, True: True, False: False}[getattr(args, "progress", None)]
+
+
+def _result_text(res: RunResult) -> str:
+    line = f"{res.path}"
+    if res.status != "success":
+        line += f"\nrun {res.run_id}: {res.status} ({res.reason}) {res.exception_type}: {res.message}"
+    return line
+
+
+def _finish(args: argparse.Namespace, res: RunResult) -> int:
+    _emit(args, res.to_dict(), _result_text(res))
+    if res.status != "success" and not args.json:
+        print(f"hil: run {res.status}: {res.reason}: {res.message}", file=sys.stderr)
+    return res.exit_code
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace) -> int:
+    res = run_protocol(
+        args.protocol,
+        chip=args.chip,
+        config_file=args.config,
+        sets=args.set or [],
+        seed=args.seed,
+        out=args.out,
+        progress=_progress(args),
+        telemetry=args.mqtt,
+    )
+    return _finish(args, res)
+
+
+def cmd_protocols(args: argparse.Namespace) -> int:
+    from hil.protocol import get_protocol, protocols
+
+    specs = [get_protocol(args.name)] if args.name else list(protocols().values())
+    data = [
+        {
+            "name": s.name,
+            "description": s.description,
+            "deterministic": s.deterministic,
+            "has_plots": s.plots is not None,
+            "config": describe_config(s.config_model),
+        }
+        for s in specs
+    ]
+    lines = []
+    for s in data:
+        lines.append(f"{s['name']:<18} {s['description']}")
+        if args.name:
+            for key in s["config"]:
+                limits = ", ".join(f"{k} {v}" for k, v in key["limits"].items())
+                lines.append(f"    {key['key']:<24} default {json.dumps(key['default'])}"
+                             + (f" [{limits}]" if limits else "") + f"  {key['description']}")
+    _emit(args, data, "\n".join(lines) or "(no protocols installed)")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from hil.index import RunIndex
+
+    index = RunIndex(args.dir)
+    if args.rebuild:
+        index.rebuild()
+    entries = index.entries()
+    if args.protocol:
+        entries = [e for e in entries if e.get("protocol") == args.protocol]
+    if args.status:
+        entries = [e for e in entries if e.get("effective_status") == args.status]
+    if args.limit:
+        entries = entries[-args.limit:]
+    rows = [f"{'RUN':<44} {'PROTOCOL':<16} {'STATUS':<11} {'STARTED':<24} {'CALLS':>7}  CHIP"]
+    for e in entries:
+        calls = "" if e.get("n_calls") is None else str(e["n_calls"])
+        rows.append(f"{e['run_id']:<44} {e.get('protocol', ''):<16} {e['effective_status']:<11} "
+                    f"{str(e.get('started_at', ''))[:23]:<24} {calls:>7}  {e.get('chip', '')}")
+    _emit(args, entries, "\n".join(rows) if entries else f"(no runs in {args.dir})")
+    return EXIT_OK
+
+
+def _show_data(reader: RunReader) -> dict[str, Any]:
+    meta = reader.metadata()
+    journal = reader.journal
+    streams = {}
+    for name in reader.streams():
+        streams[name] = {
+            "rows": reader.n_rows(name),
+            "columns": {c: {"dtype": d, "shape": list(s)} for c, (d, s) in reader.column_info(name).items()},
+        }
+    meta["streams"] = streams
+    meta["journal"] = {"calls": len(journal), "by_op": journal.counts(), "errors": len(journal.errors)}
+    meta["notes"] = [text for _, text in reader.notes()]
+    meta["size_bytes"] = reader.size_bytes()
+    return meta
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    path = _resolve_run(args.run, args.runs)
+    with RunReader(path) as reader:
+        data = _show_data(reader)
+    status = data["effective_status"]
+    reason = f" ({data.get('exit_reason')})" if data.get("exit_reason") else ""
+    lines = [
+        f"run       {data.get('run_id')}",
+        f"file      {path} ({data['size_bytes'] / 1e6:.2f} MB, layout v{data.get('hil_layout_version')})",
+        f"protocol  {data.get('protocol')}    status {status}{reason}",
+        f"started   {data.get('started_at')}    stopped {data.get('stopped_at') or '-'}"
+        + (f"    wall {data['wall_s']:.2f} s" if isinstance(data.get("wall_s"), float) else ""),
+        f"chip      {data.get('chip_spec') or '(object)'}  [{data.get('chip_name')}, {data.get('chip_serial')}]",
+        f"seed      {data.get('seed')}    resumed {data.get('resume_count', 0)} time(s)",
+        f"config    {json.dumps(data.get('config'))}",
+    ]
+    if data.get("exception_type"):
+        lines.append(f"error     {data['exception_type']}: {data.get('exception_message')}")
+    if data.get("summary"):
+        lines.append(f"summary   {to_json(data['summary'])}")
+    lines.append("streams:")
+    for name, s in data["streams"].items():
+        cols = ", ".join(f"{c} {v['dtype']}{tuple(v['shape']) if v['shape'] else ''}" for c, v in s["columns"].items())
+        lines.append(f"  {name}: {s['rows']} rows; {cols}")
+    j = data["journal"]
+    raised = f", {j['errors']} raised" if j["errors"] else ""
+    lines.append(f"journal:  {j['calls']} chip calls {json.dumps(j['by_op'])}{raised}")
+    for note in data["notes"][-5:]:
+        lines.append(f"note:     {note.splitlines()[-1] if note else ''}")
+    _emit(args, data, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    path = _resolve_run(args.run, args.runs)
+    res = replay_run(path, out=args.out, progress=_progress(args))
+    if res.status == "success" and not args.json:
+        print(f"replay matched all {res.n_calls} recorded calls of {path.name}", file=sys.stderr)
+    return _finish(args, res)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    path = _resolve_run(args.run, args.runs)
+    res = resume_run(path, chip=args.chip, progress=_progress(args))
+    return _finish(args, res)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hil.report import make_report
+
+    path = _resolve_run(args.run, args.runs)
+    paths, problems = make_report(path, args.out)
+    for p in problems:
+        print(f"hil: warning: {p}", file=sys.stderr)
+    _emit(args, {"run": str(path), "plots": [str(p) for p in paths], "warnings": problems}, "\n".join(str(p) for p in paths))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hil.report import make_report
+
+    chip_spec = args.chip or DEMO_CHIP
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    chip = open_chip(chip_spec, seed=args.seed)
+    results: list[dict[str, Any]] = []
+    code = EXIT_OK
+    done: list[Path] = []
+    try:
+        for protocol, config in DEMO_STEPS:
+            res = run_protocol(
+                protocol, chip=chip, chip_spec=chip_spec, config=config, seed=args.seed, out=out,
+                progress=_progress(args), preceded_by=done,
+            )
+            entry = res.to_dict()
+            if res.status == "success" and not args.no_report:
+                plots, problems = make_report(res.path)
+                entry["plots"] = [str(p) for p in plots]
+                entry["warnings"] = problems
+            results.append(entry)
+            done.append(res.path)
+            if res.status != "success":
+                code = res.exit_code
+                break
+    finally:
+        chip.close()
+    wall = time.perf_counter() - t0
+    lines = [f"hil demo: {len(results)} run(s) on {chip_spec} (seed {args.seed}) in {wall:.1f} s, written to {out}/"]
+    for r in results:
+        lines.append(f"  {r['protocol']:<16} {r['status']:<8} {r['n_calls']:>6} chip calls  {r['path']}")
+        for key, value in r["summary"].items():
+            if isinstance(value, int | float | str):
+                lines.append(f"      {key} = {value:.4g}" if isinstance(value, float) else f"      {key} = {value}")
+            elif isinstance(value, dict) and len(value) <= 8:
+                shown = ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
+                lines.append(f"      {key} = {{{shown}}}")
+        if r.get("plots"):
+            lines.append(f"      plots: {Path(r['plots'][0]).parent}/ ({len(r['plots'])} PNG)")
+    lines.append(f"next: hil ls {out}   |   hil show RUN   |   hil replay RUN")
+    _emit(args, {"chip": chip_spec, "seed": args.seed, "out": str(out), "wall_s": wall, "runs": results}, "\n".join(lines))
+    return code
+
+
+def _forward(module: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        print(f"hil: error: {module} is not available ({exc}).", file=sys.stderr)
+        return EXIT_USAGE
+    return int(mod.main(argv) or 0)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hil",
+        description="Hardware-in-the-loop runs for analog in-memory computing chips: run protocols on the "
+        "emulator or the lab chip, log them to HDF5, replay and resume them.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        return p
+
+    def progress(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+        g.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+
+    def runs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run", metavar="RUN", help="run file, or run id (prefix) in the --runs folder")
+        p.add_argument("--runs", default=None, help=f"folder to look run ids up in (default {DEFAULT_OUT})")
+
+    p = add("demo", "run the demo on the emulator: runs and PNG plots into --out, and a short summary")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--chip", default=None, help=f"chip spec (default {DEMO_CHIP})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the chip and the protocols (default 0)")
+    p.add_argument("--no-report", action="store_true", help="skip the PNG plots")
+    progress(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = add("run", "run a protocol and print the run file's path")
+    p.add_argument("protocol", help="protocol name (see `hil protocols`)")
+    p.add_argument("--chip", default="emulator", help="emulator[:PRESET[,cores=N,rows=N,cols=N]] | lab:HOST:PORT | replay:FILE")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML mapping of config keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a config key (YAML value; repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default 0, or the recorded one for replay:)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--mqtt", default=None, metavar="URL", help="publish progress to mqtt://HOST:PORT/PREFIX (best effort)")
+    progress(p)
+    p.set_defaults(func=cmd_run)
+
+    p = add("protocols", "list installed protocols, or one protocol's config keys")
+    p.add_argument("name", nargs="?", help="show this protocol's config keys, defaults and limits")
+    p.set_defaults(func=cmd_protocols)
+
+    p = add("ls", "list the runs in a folder (from its index; instant with thousands of runs)")
+    p.add_argument("dir", nargs="?", default=DEFAULT_OUT, help=f"runs folder (default {DEFAULT_OUT})")
+    p.add_argument("--protocol", default=None, help="only runs of this protocol")
+    p.add_argument("--status", default=None, choices=["running", "incomplete", "success", "abort", "fail"])
+    p.add_argument("--limit", type=int, default=0, help="only the newest N runs")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the index from the run files first")
+    p.set_defaults(func=cmd_ls)
+
+    p = add("show", "show a run's metadata, streams, journal and status")
+    runs(p)
+    p.set_defaults(func=cmd_show)
+
+    p = add("replay", "re-run a recorded run against its own journal (no hardware) into a new run file")
+    runs(p)
+    p.add_argument("--out", default=None, help="folder for the replay's run file (default: the run's folder)")
+    progress(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = add("resume", "continue an incomplete or aborted run: replay its journal, then go on live")
+    runs(p)
+    p.add_argument("--chip", default=None, help="chip spec to resume on (default: the recorded one)")
+    progress(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = add("report", "write PNG plots of a run's streams (and the protocol's own plots)")
+    runs(p)
+    p.add_argument("--out", default=None, help="folder for the PNGs (default <run>-report/ beside the run)")
+    p.set_defaults(func=cmd_report)
+
+    sub.add_parser("bench", help="emulator benchmarks (arguments go to emulator.bench; try `hil bench --help`)",
+                   add_help=False)
+    sub.add_parser("emulate", help="serve the emulator as a lab board: hil emulate --host H --port N [...]",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hil`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _forward("emulator.bench", argv[1:])
+    if argv and argv[0] == "emulate":
+        return _forward("emulator.server", argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    want_json = getattr(args, "json", False)
+
+    def fail(code: int, message: str) -> int:
+        print(f"hil: error: {message}", file=sys.stderr)
+        if want_json:
+            print(json.dumps({"error": message, "exit_code": code}))
+        return code
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return fail(EXIT_ABORTED, "interrupted (Ctrl-C); the run is marked 'abort' and can be resumed with `hil resume RUN`.")
+    except ReplayMismatchError as exc:
+        return fail(EXIT_MISMATCH, str(exc))
+    except ChipCommunicationError as exc:
+        return fail(EXIT_CHIP, f"the chip could not be reached: {exc}")
+    except HilError as exc:
+        return fail(EXIT_USAGE, str(exc))
+    except ValidationError as exc:
+        return fail(EXIT_USAGE, f"invalid value: {exc}")
+    except BrokenPipeError:  # pragma: no cover - `hil ls | head`
+        return EXIT_OK
+    except OSError as exc:
+        return fail(EXIT_USAGE, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["DEMO_CHIP", "DEMO_STEPS", "EXIT_FAILED", "build_parser", "main"]

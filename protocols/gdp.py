@@ -1,0 +1,303 @@
+"""Gradient-descent programming (GDP): program a core by minimising its MVM error directly.
+
+ASSUMPTION - a reconstruction. [GDP22]/[GDP23] are available as abstracts only (hermes-chip.md
+4b): GDP minimises the MVM error of the programmed crossbar by gradient descent with random inputs
+through the full periphery, needs no high-resolution reads of single devices, and uses one set of
+hyperparameters for all cores. Loss normalisation, inputs, batch size, step size and the mapping of
+gradients onto pulses are not published; what follows is this project's choice.
+
+Per iteration, for all selected cores at once:
+
+1. Draw B random inputs X (B, rows) (uniform int8, shared by the cores) and measure the raw MVM
+   outputs Y = chip.mvm(X) in ADC counts: the full periphery (PWM, read noise, per-column ADC gain,
+   non-linearity, quantisation) is inside the loss.
+2. Loss L(G) = ||Y / alpha - X T||^2 / B, T the targets in verify counts and alpha the MVM counts per
+   (input LSB x verify count) of the core (fitted by least squares once, at the start).
+   Gradient dL/dG = (2/B) X^T E with E = Y / alpha - X T. The step is preconditioned with
+   (X^T X)^-1 (Gauss-Newton; for random inputs X^T X is nearly diagonal, so this is a normalised
+   gradient step without cross-talk between rows): D = (X^T X)^-1 X^T E estimates, per unit cell,
+   how far its effective conductance is from the target. Estimates of cells that were not pulsed
+   since the last iteration are averaged with their earlier ones (the error is unchanged, so the
+   average sharpens it).
+3. The step -eta D becomes pulses: cells with |D| above ``threshold_counts`` get one 125 ns PARTIAL
+   pulse on their programming device (the positive device for a positive weight, the negative
+   device for a negative one), whose current follows the step: I <- clip(I + gain * eta * D *
+   sign(T)) (more current melts a PCM device to a lower conductance, less lets it crystallise
+   higher). Cells within the threshold are not touched, so the many good cells do not pick up
+   fresh programming noise.
+
+Starting points: ``program-verify`` (P&V first; GDP reuses its per-cell currents) or ``scratch``
+(RESET all devices, SET the devices of each weight's sign, fit alpha to the SET state assuming a
+mean SET cell of ``set_counts``, then GDP drives every cell down from SET).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hil.chip import Chip, PulseKind
+from hil.errors import ChipInputError
+from hil.protocol import MemoryRunLog, RunLog, register_protocol
+from protocols.mapping import WeightSpec, select_cores
+from protocols.metrics import fit_scale, measure_mvm_errors, random_inputs
+from protocols.program_verify import (
+    ProgramState,
+    ProgramVerifyParams,
+    _pulse_cells,
+    _reset_cells,
+    check_targets,
+    log_cells,
+    prepare_targets,
+    program_verify,
+)
+
+
+class GdpParams(BaseModel):
+    """Hyperparameters of gradient-descent programming (one set for all cores and weights)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = Field(25, ge=1, le=1000, description="gradient steps")
+    batch: int = Field(2048, ge=16, le=65536, description="random MVMs per step (>= rows for the Gauss-Newton step)")
+    input_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of zero inputs in the random MVMs")
+    step: float = Field(1.0, gt=0.0, le=2.0, description="eta: fraction of the estimated error corrected per step")
+    threshold_counts: float = Field(2.5, ge=0.0, le=100.0, description="pulse only cells whose |step| exceeds this [counts]")
+    coarse_counts: float = Field(8.0, gt=0.0, le=1000.0, description="steps above this re-program the main device [counts]")
+    gain_ua_per_count: float = Field(4.0, gt=0.0, le=200.0, description="pulse current change per count of step [uA]")
+    min_ua: float = Field(125.0, ge=10.0, le=800.0, description="lowest pulse current [uA]")
+    max_ua: float = Field(700.0, ge=10.0, le=800.0, description="highest pulse current [uA]")
+    pulse_ns: float = Field(125.0, gt=0.0, le=10_000.0, description="pulse width [ns]")
+    set_counts: float = Field(93.0, gt=0.0, le=4095.0, description="assumed mean SET cell [counts] (scratch start only)")
+    alpha: float | None = Field(None, gt=0.0, description="MVM counts per (LSB x verify count); null: fit at start")
+
+
+@dataclass
+class GdpState:
+    """Result of GDP: the programming state, per-core alpha and the per-step loss history."""
+
+    program: ProgramState
+    alpha: np.ndarray
+    loss: np.ndarray  # (iterations + 1, n_cores): relative MVM error before each step and at the end
+    chip_time_s: float
+    wall_s: float
+
+
+def level_curve(target: np.ndarray, current: np.ndarray, use: np.ndarray, bins: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Programming curve (|target| knots [counts], current knots [uA], increasing |target|) traced by
+    converged cells: the median final current per |target| bin, made non-increasing in |target|."""
+    tg, cu = target[use], current[use]
+    if tg.size < bins:
+        raise ChipInputError(f"only {tg.size} converged cells to trace the programming curve; need >= {bins}.")
+    edges = np.quantile(tg, np.linspace(0, 1, bins + 1))
+    idx = np.clip(np.searchsorted(edges, tg, side="right") - 1, 0, bins - 1)
+    knots_t = np.array([np.median(tg[idx == b]) if np.any(idx == b) else np.nan for b in range(bins)])
+    knots_i = np.array([np.median(cu[idx == b]) if np.any(idx == b) else np.nan for b in range(bins)])
+    ok = np.isfinite(knots_t)
+    knots_t, knots_i = knots_t[ok], np.minimum.accumulate(knots_i[ok])
+    return knots_t, knots_i
+
+
+def _mvm_estimate(chip: Chip, cores: np.ndarray, t: np.ndarray, rng: np.random.Generator, p: GdpParams,
+                  alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of MVMs: (per-cell error estimate D, alpha, relative MVM error per core)."""
+    g = chip.geometry
+    x = random_inputs(rng, p.batch, g.n_rows, p.input_sparsity)
+    y = np.asarray(chip.mvm(x, cores), dtype=np.float64)
+    xf = x.astype(np.float64)
+    y_fp = np.matmul(xf, t)
+    if alpha is None:
+        alpha = fit_scale(y, y_fp)
+    e = y / alpha[:, None, None] - y_fp
+    # Gauss-Newton step (X^T X)^-1 X^T E by the normal equations (X has full column rank).
+    d = np.linalg.solve(xf.T @ xf, np.matmul(xf.T, e).transpose(1, 0, 2).reshape(xf.shape[1], -1))
+    d = d.reshape(xf.shape[1], e.shape[0], e.shape[2]).transpose(1, 0, 2)
+    rel = np.sqrt((e * e).sum(axis=(1, 2)) / np.maximum((y_fp * y_fp).sum(axis=(1, 2)), 1e-30))
+    return d, alpha, rel
+
+
+def gradient_descent_program(
+    chip: Chip,
+    cores: Any,
+    targets: Any,
+    params: GdpParams | None = None,
+    run: RunLog | None = None,
+    *,
+    start: ProgramState | None = None,
+    set_params: ProgramVerifyParams | None = None,
+) -> GdpState:
+    """Program signed targets [counts] (n_sel, rows, cols) into ``cores`` by GDP.
+
+    ``start``: the state a program-and-verify run left on these cores; None starts from scratch
+    (RESET, SET with ``set_params``' pulses). Logs stream ``gdp_steps``.
+    """
+    p = params or GdpParams()
+    sp = set_params or ProgramVerifyParams()
+    run = run or MemoryRunLog()
+    g = chip.geometry
+    cores = select_cores(list(np.atleast_1d(np.asarray(cores)).tolist()), g)
+    t = check_targets(chip, cores, targets)
+    if g.n_devices != 4:
+        raise ChipInputError(f"GDP needs 4 devices per unit cell (a programming and a spare device per polarity); "
+                             f"this chip has {g.n_devices}.")
+    if p.batch < g.n_rows:
+        raise ChipInputError(f"batch={p.batch} is below the {g.n_rows} rows; the Gauss-Newton step needs batch >= rows.")
+    if p.min_ua >= p.max_ua:
+        raise ChipInputError(f"min_ua={p.min_ua} must be below max_ua={p.max_ua}.")
+    if p.threshold_counts >= p.coarse_counts:
+        raise ChipInputError(f"threshold_counts={p.threshold_counts} must be below coarse_counts={p.coarse_counts}.")
+    if start is not None and (start.targets.shape != t.shape or not np.array_equal(start.cores, cores)):
+        raise ChipInputError("start state belongs to other cores or targets; pass the ProgramState of these cores.")
+    rng = run.rng("gdp-inputs")
+    wall0, chip0 = time.perf_counter(), chip.now()
+    n = t.size
+    sign = np.where(t.reshape(-1) < 0, -1, 1)
+    mag = np.abs(t).reshape(-1)
+    main = np.where(sign > 0, 0, 2)  # programming device of the weight's polarity
+    spare = {1: 1, -1: 3}  # spare device of the positive / negative polarity (RESET at the start)
+
+    if start is None:
+        _reset_cells(chip, cores, tuple(range(g.n_devices)), sp)
+        program = np.flatnonzero(mag > 0)
+        _pulse_cells(chip, cores, program, main[program], PulseKind.SET, sp.set_ua, sp.set_ns)
+        current = np.full(n, p.max_ua)
+        pulses = np.zeros(n, dtype=np.int32)
+        # alpha from the SET state: every programmed cell is then about +-set_counts.
+        set_state = np.where(mag > 0, sign * p.set_counts, 0.0).reshape(t.shape)
+        fixed = None if p.alpha is None else np.full(cores.size, p.alpha)
+        _, alpha, _ = _mvm_estimate(chip, cores, set_state, rng, p, fixed)
+        first = mag > 0
+        curve: tuple[np.ndarray, np.ndarray] | None = None
+    else:
+        main = start.device.reshape(-1).astype(np.int64)
+        pulses = start.pulses.reshape(-1).copy()
+        alpha = None if p.alpha is None else np.full(cores.size, p.alpha)
+        # The last P&V current of a cell is a controller state, not the current that melts the device
+        # to its target (after a crystallising step it lies far below it), so GDP starts every cell
+        # from the programming curve that the P&V run itself traced (target -> current).
+        ok = start.converged.reshape(-1) & (start.pulses.reshape(-1) > 0)
+        curve = level_curve(mag, start.current_ua.reshape(-1), ok)
+        current = np.interp(mag, *curve)
+        first = np.zeros(n, dtype=bool)
+
+    level = np.zeros((2, n))  # desired conductance of the positive / negative spare device [counts]
+    est = np.zeros(n)
+    n_est = np.zeros(n, dtype=np.int32)
+    losses = []
+    for it in range(p.iterations + 1):
+        d, alpha, rel = _mvm_estimate(chip, cores, t, rng, p, alpha)
+        losses.append(rel)
+        # Average the estimates of cells untouched since their last pulse.
+        est = (est * n_est + d.reshape(-1)) / (n_est + 1)
+        n_est += 1
+        step = -p.step * est  # desired change of the cell's G+ - G- [counts]
+        coarse = np.flatnonzero((np.abs(step) > p.coarse_counts) & (mag > 0))
+        fine = np.flatnonzero((np.abs(step) > p.threshold_counts) & ~((np.abs(step) > p.coarse_counts) & (mag > 0)))
+        if curve is None and it > 0:
+            settled = (pulses > 0) & (np.abs(est) < p.coarse_counts) & (mag > 0)
+            curve = level_curve(mag, current, settled) if settled.sum() >= 1000 else None
+        if curve is None:
+            fine = fine[:0]
+        last = it == p.iterations
+        run.log("gdp_steps", iteration=it, mvm_error=float(rel.mean()), coarse=0 if last else int(coarse.size),
+                fine=0 if last else int(fine.size), chip_time_s=chip.now() - chip0)
+        run.progress(it, p.iterations, "gdp")
+        if last or coarse.size + fine.size == 0:
+            break
+        # Coarse: re-program the cell's programming device; its current follows the step.
+        f = coarse[first[coarse]]
+        if f.size:  # scratch: first pulse from the target's share of the cell's estimated SET level
+            g_set = np.maximum(mag[f] + sign[f] * est[f], 1.0)
+            current[f] = p.max_ua - (p.max_ua - p.min_ua) * np.clip(mag[f] / g_set, 0.0, 1.0)
+            first[f] = False
+        later = coarse[~np.isin(coarse, f)]
+        current[later] = np.clip(current[later] - p.gain_ua_per_count * sign[later] * step[later], p.min_ua, p.max_ua)
+        _pulse_cells(chip, cores, coarse, main[coarse], PulseKind.PARTIAL, current[coarse], p.pulse_ns)
+        # Fine: potentiate the spare of the polarity the step asks for, or take back the other spare.
+        if fine.size:
+            assert curve is not None
+            s = step[fine]
+            take_back = np.where(s > 0, level[1, fine] > 0, level[0, fine] > 0)
+            which = np.where(s > 0, np.where(take_back, 1, 0), np.where(take_back, 0, 1))  # 0: pos spare
+            delta = np.where(take_back, -np.abs(s), np.abs(s))
+            new_level = np.maximum(level[which, fine] + delta, 0.0)
+            level[which, fine] = new_level
+            dev = np.where(which == 0, spare[1], spare[-1])
+            low = new_level < curve[0][0] / 2  # below what a partial pulse can hold: RESET the spare
+            _pulse_cells(chip, cores, fine[low], dev[low], PulseKind.RESET, sp.reset_ua, sp.reset_ns)
+            level[which[low], fine[low]] = 0.0
+            hi = ~low
+            amp = np.clip(np.interp(new_level[hi], *curve), p.min_ua, p.max_ua)
+            _pulse_cells(chip, cores, fine[hi], dev[hi], PulseKind.PARTIAL, amp, p.pulse_ns)
+        touched = np.concatenate([coarse, fine])
+        pulses[touched] += 1
+        n_est[touched] = 0
+        est[touched] = 0.0
+
+    shape = t.shape
+    state = ProgramState(
+        cores=cores,
+        targets=t,
+        read=(t.reshape(-1) + est).reshape(shape),
+        converged=(p.step * np.abs(est) <= p.threshold_counts).reshape(shape),
+        pulses=pulses.reshape(shape),
+        current_ua=current.reshape(shape),
+        device=main.reshape(shape).astype(np.int8),
+        chip_time_s=chip.now() - chip0,
+        wall_s=time.perf_counter() - wall0,
+    )
+    return GdpState(state, np.asarray(alpha), np.asarray(losses), state.chip_time_s, state.wall_s)
+
+
+# ---------------------------------------------------------------------------------------- protocol
+class GdpConfig(GdpParams):
+    """Program target weights by gradient-descent programming and measure the result."""
+
+    cores: list[int] | None = Field(None, description="cores to program (null: all)")
+    weights: WeightSpec = Field(default_factory=WeightSpec, description="target weights")
+    gmax_counts: float | None = Field(None, gt=0.0, le=400.0, description="Gmax [counts]; null: 80 (one device per polarity)")
+    bitline_limit_ua: float | None = Field(
+        None, gt=0.0, le=1000.0, description="lower Gmax per core to keep BL currents below this [uA]"
+    )
+    start: Literal["program-verify", "scratch"] = Field("program-verify", description="where GDP starts")
+    program_verify: ProgramVerifyParams = Field(default_factory=ProgramVerifyParams,
+                                                description="P&V used for the start (and SET/RESET pulses from scratch)")
+    eval_inputs: int = Field(1024, ge=0, le=65536, description="random MVMs for the error metrics (0: skip)")
+
+
+def plots(run_file: Any, out_dir: Any) -> list[Any]:
+    """Figures of a GDP run (see :mod:`protocols.plots`)."""
+    from protocols.plots import programming_plots
+
+    return programming_plots(run_file, out_dir)
+
+
+@register_protocol("gdp", GdpConfig, plots=plots, deterministic=True)
+def gdp_protocol(chip: Chip, config: GdpConfig, run: RunLog) -> dict[str, Any]:
+    """Gradient-descent programming of target weights (reconstruction), with MVM error metrics."""
+    if config.program_verify.devices_per_weight != 1:
+        raise ChipInputError("gdp supports devices_per_weight=1 (one programming device per polarity) only.")
+    cores, targets, gmax = prepare_targets(chip, config, run)
+    out: dict[str, Any] = {"cores": cores.tolist(), "gmax_counts": gmax.tolist(), "start": config.start}
+    start = None
+    if config.start == "program-verify":
+        start = program_verify(chip, cores, targets, config.program_verify, run)
+        out["program_verify"] = start.summary(gmax)
+        if config.eval_inputs:
+            errs, _, _ = measure_mvm_errors(chip, cores, targets, run.rng("eval-pv"), n_inputs=config.eval_inputs)
+            run.log("mvm_error_start", core=cores, total=errs.total, linear=errs.linear, residual=errs.residual)
+            out["mvm_error_start"] = errs.summary()
+    params = GdpParams(**{k: getattr(config, k) for k in GdpParams.model_fields})
+    res = gradient_descent_program(chip, cores, targets, params, run, start=start, set_params=config.program_verify)
+    log_cells(run, res.program)
+    out.update({"chip_time_s": res.chip_time_s, "wall_s": res.wall_s, "alpha": res.alpha.tolist(),
+                "mean_pulses": float(res.program.pulses.mean())})
+    if config.eval_inputs:
+        errs, _, _ = measure_mvm_errors(chip, cores, targets, run.rng("eval"), n_inputs=config.eval_inputs)
+        run.log("mvm_error", core=cores, total=errs.total, linear=errs.linear, residual=errs.residual)
+        out["mvm_error"] = errs.summary()
+    return out

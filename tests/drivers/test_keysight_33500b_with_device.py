@@ -1,0 +1,26 @@
+"""Opt-in hardware test of the Keysight 33500B pulse generator driver: `pytest -m hardware --device-address=VISA_ADDRESS tests/drivers/test_keysight_33500b_with_device.py`.
+
+It only reads: connecting reads the state back, then both channels are read back a second time and must agree. Nothing is switched on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from drivers.keysight_33500b import Keysight33500B
+
+pytestmark = pytest.mark.hardware
+
+
+def test_connects_reads_state_and_measures(device_address):
+    with Keysight33500B(device_address, name="dut") as inst:
+        assert Keysight33500B.idn_model.lower() in inst.idn.lower(), f"{inst.idn!r} is not a Keysight 33500B pulse generator"
+        snap = inst.snapshot()
+        assert snap["address"] == device_address
+        for n in (1, 2):
+            ch = inst.channel(n)
+            assert ch.function.isalpha()  # e.g. SIN, PULS, RAMP
+            assert ch.high_level_v == pytest.approx(snap["channels"][str(n)]["high_level_v"])
+            assert math.isfinite(ch.frequency_hz)
