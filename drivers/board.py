@@ -21,12 +21,14 @@ import json
 import logging
 import re
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyvisa
+from pyvisa import constants
 from pyvisa import errors as visa_errors
 from pyvisa.resources import MessageBasedResource
 
@@ -351,10 +353,23 @@ class LabChip(Chip):
 
     @staticmethod
     def _tune(res: MessageBasedResource) -> None:
-        # Large replies: ask pyvisa-py's socket session for bigger recv() calls when it has that
-        # knob (a plain attribute of its TCPIP SOCKET session); other VISA libraries are left alone.
+        """Socket settings for a request/reply protocol with large blocks.
+
+        TCP_NODELAY: pyvisa-py sends a request in 4 KiB pieces; with Nagle's algorithm on, the
+        last piece waits for the board's delayed ACK (40 ms on Linux) before it leaves. The VISA
+        attribute is the proper way, but pyvisa-py 0.8 routes its setter to a stub, so the
+        session's own socket is used where the attribute fails. Bigger ``recv()`` calls (a plain
+        attribute of pyvisa-py's socket session, 4 KiB by default) make large MVM replies faster.
+        Other VISA libraries are left alone.
+        """
         sessions = getattr(res.visalib, "sessions", None)
         session = sessions.get(res.session) if isinstance(sessions, dict) else None
+        try:
+            res.set_visa_attribute(constants.ResourceAttribute.tcpip_nodelay, constants.VisaBoolean.true)
+        except Exception:
+            sock = getattr(session, "interface", None)
+            if isinstance(sock, socket.socket):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if session is not None and isinstance(getattr(session, "max_recv_size", None), int):
             session.max_recv_size = _RECV_BYTES
 

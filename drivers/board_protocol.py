@@ -323,7 +323,7 @@ async def read_message(
 
     The line is awaited without a time limit (an idle connection is fine); once it has arrived
     every further part must arrive within ``part_timeout_s``. Raises :class:`BoardProtocolError`
-    (fatal ones mean: reply, then close the connection) or ``asyncio.TimeoutError``.
+    (fatal ones mean: reply, then close the connection), also when the rest of a message is late.
     """
     try:
         line = await reader.readuntil(b"\n")
@@ -338,7 +338,16 @@ async def read_message(
     msg, arrays = parse_line(line)
 
     async def exactly(n: int) -> bytes:
-        return await asyncio.wait_for(reader.readexactly(n), part_timeout_s)
+        try:
+            return await asyncio.wait_for(reader.readexactly(n), part_timeout_s)
+        except asyncio.IncompleteReadError as exc:
+            raise BoardProtocolError(
+                f"connection closed in the middle of a message ({len(exc.partial)} of {n} bytes arrived)",
+                rid=msg.rid, fatal=True) from None
+        except TimeoutError:
+            raise BoardProtocolError(
+                f"message incomplete after {part_timeout_s} s (waiting for {n} more bytes); closing the connection",
+                rid=msg.rid, fatal=True) from None
 
     for key, spec in arrays:
         if spec.nbytes > max_block_bytes:

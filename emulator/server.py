@@ -111,6 +111,7 @@ class BoardServer:
         self._inflight: dict[str, asyncio.Future[Chunks]] = {}
         self._chip_lock = threading.Lock()
         self._server: asyncio.base_events.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._handlers: dict[str, Callable[[Message], dict[str, Any]]] = {
             "HELLO": self._hello,
             "NOW": lambda m: {"t": self.chip.now()},
@@ -131,16 +132,27 @@ class BoardServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop listening, end every connection and wait (up to 5 s) for running requests to finish."""
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5.0)
             self._server = None
+        # Ending connections by closing their transports lets each handler return normally (a
+        # cancelled handler task makes asyncio log a spurious error in Python 3.11).
+        for writer in list(self._connections.values()):
+            writer.transport.abort()
+        tasks = list(self._connections)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=5.0)
+            for task in late:
+                task.cancel()
 
     # ------------------------------------------------------------------ connections
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats["connections"] += 1
         peer = writer.get_extra_info("peername")
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections[task] = writer
         try:
             while True:
                 try:
@@ -168,6 +180,7 @@ class BoardServer:
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass  # the client went away; its request (if any) still completed and is cached
         finally:
+            self._connections.pop(task, None)  # type: ignore[arg-type]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -331,13 +344,6 @@ class ServerThread:
         if not self._thread.is_alive():
             return
         asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(30.0)
-
-        async def cancel_all() -> None:
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(30.0)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30.0)
         self._loop.close()

@@ -103,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out=args.out,
         progress=_progress(args),
         telemetry=args.mqtt,
+        compression=args.compression,
     )
     return _finish(args, res)
 
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed (default 0, or the recorded one for replay:)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--mqtt", default=None, metavar="URL", help="publish progress to mqtt://HOST:PORT/PREFIX (best effort)")
+    p.add_argument("--compression", default="auto", choices=["auto", "gzip", "none"],
+                   help="deflate datasets: auto (where it saves >= 25%%), gzip (always), none (fastest writes)")
     progress(p)
     p.set_defaults(func=cmd_run)
 

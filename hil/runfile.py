@@ -28,6 +28,7 @@ file while it is written (SWMR read).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -52,8 +53,13 @@ LAYOUT_VERSION = 1
 LIBVER = ("v110", "v110")
 FLUSH_INTERVAL_S = 0.5
 MAX_PENDING_BYTES = 256 * 2**20
+#: How long a flush keeps retrying to open a busy file (HDF5 refuses to open for writing a file that
+#: this same process has open read-only, e.g. a RunReader left open during the run).
+OPEN_RETRY_S = 30.0
 NOTE_BYTES = 1024
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: What h5py raises on a damaged file, depending on where the damage is.
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 #: Chip operations the journal records, with their enum code (fixed by layout version 1).
@@ -183,7 +189,8 @@ def _shuffled(arr: np.ndarray) -> bytes:
 
 def _compression_pays(sample: np.ndarray) -> bool:
     """Deflate only data it shrinks by a quarter or more (a trial on up to 256 kB of the first rows)."""
-    raw = _shuffled(sample)[: 256 * 1024]
+    flat = sample.reshape(-1)
+    raw = _shuffled(flat[: max(1, (256 * 1024) // max(1, flat.dtype.itemsize))])
     if len(raw) < 4096:
         return True  # tiny data: compressed chunks also avoid allocating whole empty chunks
     return len(zlib.compress(raw, 1)) < 0.75 * len(raw)
@@ -612,8 +619,19 @@ class RunWriter:
                 self.n_flushes += 1
                 self._cond.notify_all()
 
+    def _open_for_append(self) -> h5py.File:
+        """Open the file for writing; retry for a while if it is busy (e.g. open read-only in this process)."""
+        deadline = time.monotonic() + OPEN_RETRY_S
+        while True:
+            try:
+                return h5py.File(self.path, "r+", libver=LIBVER, locking=False)
+            except OSError:
+                if time.monotonic() > deadline or self._closing:
+                    raise
+                time.sleep(0.05)
+
     def _write(self, batch: list[tuple[_Series, np.ndarray]]) -> None:
-        with self._io_lock, h5py.File(self.path, "r+", libver=LIBVER, locking=False) as f:
+        with self._io_lock, self._open_for_append() as f:
             # New datasets only outside SWMR mode; then SWMR orders the appends so a kill leaves a
             # consistent file.
             for series, data in batch:
@@ -768,7 +786,7 @@ class Journal:
                     lo, hi = int(offsets[row]), int(offsets[row + 1])
                     flat = cached[lo:hi] if cached is not None else ds[lo:hi]
                     fields[name] = flat.reshape(tuple(int(s) for s in shapes[row]))
-        except (OSError, KeyError, ValueError) as exc:
+        except _H5_ERRORS as exc:
             raise RunFileError(f"{self._path}: journal call {i} ({op}) cannot be read (corrupted?): {exc}") from exc
         return JournalCall(
             index=i,
@@ -783,6 +801,21 @@ class Journal:
     def __iter__(self) -> Iterator[JournalCall]:
         for i in range(len(self)):
             yield self.call(i)
+
+
+def _guarded(method: Any) -> Any:
+    """Turn h5py's errors on a damaged file into :class:`RunFileError` naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunReader, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RunFileError:
+            raise
+        except _H5_ERRORS as exc:
+            raise RunFileError(f"{self.path} is damaged: {method.__name__} failed ({type(exc).__name__}: {exc}).") from exc
+
+    return wrapper
 
 
 def _decode_attr(value: Any) -> Any:
@@ -805,7 +838,7 @@ class RunReader:
         self._f = _open_h5(self.path)
         try:
             self.attrs: dict[str, Any] = {k: _decode_attr(v) for k, v in self._f.attrs.items()}
-        except (OSError, KeyError) as exc:
+        except _H5_ERRORS as exc:
             self._f.close()
             raise RunFileError(f"{self.path} is damaged: its attributes cannot be read ({exc}).") from exc
         if self.attrs.get("hil_layout") != LAYOUT_NAME:
@@ -906,10 +939,12 @@ class RunReader:
         return out
 
     # ------------------------------------------------------------------ streams
+    @_guarded
     def streams(self) -> list[str]:
         g = self._f.get("streams")
         return sorted(g.keys()) if g is not None else []
 
+    @_guarded
     def columns(self, stream: str) -> list[str]:
         """The user columns of ``stream`` in the order they were first logged."""
         g = self._stream_group(stream)
@@ -923,11 +958,13 @@ class RunReader:
             raise RunFileError(f"{self.path} has no stream {stream!r}; streams: {', '.join(self.streams()) or '(none)'}")
         return g[stream]
 
+    @_guarded
     def n_rows(self, stream: str) -> int:
         """Complete rows of ``stream`` (a killed writer may leave one column a batch longer)."""
         g = self._stream_group(stream)
         return min((g[k].shape[0] for k in g), default=0)
 
+    @_guarded
     def column_info(self, stream: str) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Column name -> (dtype, per-row shape)."""
         g = self._stream_group(stream)
@@ -947,7 +984,7 @@ class RunReader:
                 if data.dtype.kind == "S":
                     data = np.char.decode(data, "utf-8")
                 out[name] = data
-        except (OSError, ValueError) as exc:
+        except _H5_ERRORS as exc:
             raise RunFileError(f"{self.path}: stream {stream!r} cannot be read (corrupted?): {exc}") from exc
         return out
 
@@ -960,10 +997,11 @@ class RunReader:
         if self._journal is None:
             try:
                 self._journal = Journal(self._f, self.path)
-            except (OSError, KeyError, ValueError) as exc:
+            except _H5_ERRORS as exc:
                 raise RunFileError(f"{self.path}: the journal cannot be read (corrupted?): {exc}") from exc
         return self._journal
 
+    @_guarded
     def notes(self) -> list[tuple[float, str]]:
         if "notes" not in self._f:
             return []

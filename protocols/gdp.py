@@ -152,6 +152,9 @@ def gradient_descent_program(
         raise ChipInputError(f"threshold_counts={p.threshold_counts} must be below coarse_counts={p.coarse_counts}.")
     if start is not None and (start.targets.shape != t.shape or not np.array_equal(start.cores, cores)):
         raise ChipInputError("start state belongs to other cores or targets; pass the ProgramState of these cores.")
+    if start is not None and not np.all(np.isin(start.device, (0, 2))):
+        raise ChipInputError("GDP needs one programming device per polarity (devices 0 and 2, spares 1 and 3); "
+                             "start from program-verify with devices_per_weight=1.")
     rng = run.rng("gdp-inputs")
     wall0, chip0 = time.perf_counter(), chip.now()
     n = t.size

@@ -17,7 +17,7 @@ def make_chip(geometry: hil.Geometry = SMALL, seed: int = 3, overrides: dict | N
     return EmulatedChip("hermes", seed=seed, geometry=geometry, overrides=overrides)
 
 
-def conductance_counts(chip) -> np.ndarray:  # noqa: ANN001 - an EmulatedChip
+def conductance_counts(chip) -> np.ndarray:
     """Ground truth G+ - G- of every cell in verify counts (emulator only; used to judge protocols)."""
     g = chip.true_conductances()
     return (g * chip.geometry.device_sign).sum(-1) * chip.preset.verify.counts_per_us

@@ -64,7 +64,7 @@ def test_calibration_protocol_with_gain_spread_gets_close_to_an_ideal_adc() -> N
 
 
 def test_global_drift_compensation_can_be_rerun() -> None:
-    chip, t = _programmed(seed=22)
+    chip, _ = _programmed(seed=22)
     cores = np.arange(2)
     gdc = GlobalDriftCompensation.record(chip, cores, np.random.default_rng(0), n_inputs=64)
     np.testing.assert_allclose(gdc.alpha(chip), 1.0, atol=0.02)
@@ -100,7 +100,7 @@ def test_column_gmax_shrinks_only_columns_that_would_saturate() -> None:
     assert 20.0 <= g[0, 0] < 80.0
 
 
-def test_calibration_rejects_bad_drift_times_before_any_pulse(small_chip) -> None:  # noqa: ANN001
+def test_calibration_rejects_bad_drift_times_before_any_pulse(small_chip) -> None:
     with pytest.raises(ChipInputError, match="strictly increasing"):
         calibration_protocol(small_chip, CalibrationConfig(drift_times_s=[100.0, 10.0]), hil.MemoryRunLog())
     assert small_chip.now() == 0.0

@@ -17,7 +17,7 @@ def test_fit_nu_recovers_an_exact_power_law_and_its_time_offset() -> None:
     t = np.geomspace(30, 3e5, 16)
     nu = np.array([0.02, 0.05, 0.1])
     g = 60.0 * ((t[:, None] + 200.0) / 200.0) ** -nu - 0.5  # fit_nu adds half a count back
-    fitted, g0, off = fit_nu(t, g, 200.0)
+    fitted, _, _ = fit_nu(t, g, 200.0)
     np.testing.assert_allclose(fitted, nu, atol=1e-9)
     fitted2, _, off2 = fit_nu(t, g, "fit")
     assert off2 == pytest.approx(200.0, rel=0.05)
@@ -46,7 +46,7 @@ def test_drift_protocol_nu_agrees_with_the_true_nu() -> None:
     assert chip.now() > 4 * 86400
 
 
-def test_drift_protocol_summary_is_json_sized(small_chip) -> None:  # noqa: ANN001
+def test_drift_protocol_summary_is_json_sized(small_chip) -> None:
     out = drift_protocol(small_chip, DriftConfig(read_times_s=[100.0, 1000.0, 10000.0], reads_per_point=2),
                          hil.MemoryRunLog())
     assert "nu" not in out and len(out["levels"]) == 5 and out["fitted_fraction"] > 0.9
@@ -67,7 +67,7 @@ def test_bad_read_times(times: list[float], match: str) -> None:
         DriftConfig(read_times_s=times)
 
 
-def test_bad_read_times_stop_before_any_pulse(small_chip) -> None:  # noqa: ANN001
+def test_bad_read_times_stop_before_any_pulse(small_chip) -> None:
     cfg = DriftConfig.model_construct(**{**DriftConfig().model_dump(), "read_times_s": [100.0, 10.0]})
     with pytest.raises(ChipInputError, match="strictly increasing"):
         measure_drift(small_chip, cfg)

@@ -10,7 +10,7 @@ from hil import ChipInputError
 from protocols.gdp import GdpConfig, GdpParams, gdp_protocol, gradient_descent_program, level_curve
 from protocols.mapping import map_to_conductance
 from protocols.metrics import measure_mvm_errors
-from protocols.program_verify import program_verify
+from protocols.program_verify import ProgramVerifyParams, program_verify
 
 from .conftest import MEDIUM, make_chip
 
@@ -50,7 +50,7 @@ def test_gdp_from_scratch_needs_no_single_device_reads() -> None:
     assert res.loss[0].mean() > 0.5  # it started from the SET state, far from the targets
 
 
-def test_gdp_protocol_reports_start_and_end(small_chip) -> None:  # noqa: ANN001
+def test_gdp_protocol_reports_start_and_end(small_chip) -> None:
     cfg = GdpConfig(batch=64, iterations=4, eval_inputs=256)
     out = gdp_protocol(small_chip, cfg, hil.MemoryRunLog(seed=3))
     assert out["start"] == "program-verify" and "program_verify" in out
@@ -69,11 +69,11 @@ def test_level_curve_is_monotone() -> None:
         level_curve(target, current, np.zeros(5000, dtype=bool))
 
 
-def test_gdp_bad_input_is_refused_before_any_pulse(small_chip) -> None:  # noqa: ANN001
+def test_gdp_bad_input_is_refused_before_any_pulse(small_chip) -> None:
     t = _targets(small_chip.geometry)
     with pytest.raises(ChipInputError, match="batch=16 is below the 32 rows"):
         gradient_descent_program(small_chip, [0, 1], t, GdpParams(batch=16))
-    with pytest.raises(ChipInputError, match="threshold_counts=9.0 must be below coarse_counts=8.0"):
+    with pytest.raises(ChipInputError, match=r"threshold_counts=9\.0 must be below coarse_counts=8\.0"):
         gradient_descent_program(small_chip, [0, 1], t, GdpParams(threshold_counts=9.0))
     bad = t.copy()
     bad[0, 0, 0] = np.nan
@@ -82,3 +82,12 @@ def test_gdp_bad_input_is_refused_before_any_pulse(small_chip) -> None:  # noqa:
     with pytest.raises(ChipInputError, match="shape"):
         gradient_descent_program(small_chip, [0], t, GdpParams(batch=64))
     assert small_chip.now() == 0.0
+
+
+def test_gdp_refuses_a_two_device_start(small_chip) -> None:
+    t = _targets(small_chip.geometry) * 2
+    start = program_verify(small_chip, [0, 1], t, ProgramVerifyParams(devices_per_weight=2))
+    now = small_chip.now()
+    with pytest.raises(ChipInputError, match="one programming device per polarity"):
+        gradient_descent_program(small_chip, [0, 1], t, GdpParams(batch=64), start=start)
+    assert small_chip.now() == now

@@ -76,7 +76,7 @@ def test_non_finite_weights_are_refused_with_their_position(bad: float) -> None:
         check_weights(w)
 
 
-def test_weight_files_npy_and_hdf5(tmp_path) -> None:  # noqa: ANN001
+def test_weight_files_npy_and_hdf5(tmp_path) -> None:
     w = np.random.default_rng(1).normal(size=(10, 7))
     np.save(tmp_path / "w.npy", w)
     with h5py.File(tmp_path / "w.h5", "w") as f:
@@ -92,7 +92,7 @@ def test_weight_files_npy_and_hdf5(tmp_path) -> None:  # noqa: ANN001
         load_weight_file(tmp_path / "missing.npy")
 
 
-def test_weight_tiles_from_a_file_and_too_few_cores(tmp_path) -> None:  # noqa: ANN001
+def test_weight_tiles_from_a_file_and_too_few_cores(tmp_path) -> None:
     geo = Geometry(n_cores=4, n_rows=8, n_cols=8)
     w = np.arange(20 * 8, dtype=float).reshape(20, 8) + 1
     np.save(tmp_path / "w.npy", w)

@@ -21,7 +21,7 @@ def test_random_inputs_follow_the_paper_distribution() -> None:
     assert abs(np.mean(x == 0) - 0.3) < 0.01
 
 
-def test_exact_outputs_have_zero_error_at_any_global_scale(setup) -> None:  # noqa: ANN001
+def test_exact_outputs_have_zero_error_at_any_global_scale(setup) -> None:
     x, w = setup
     y = 3.0 * np.matmul(x.astype(float), w)
     e = mvm_errors(x, y, w)
@@ -31,7 +31,7 @@ def test_exact_outputs_have_zero_error_at_any_global_scale(setup) -> None:  # no
     np.testing.assert_allclose(mvm_errors(x, y, w, scale=2.0).total, 0.5, rtol=1e-9)
 
 
-def test_weight_errors_are_linear_and_noise_is_residual(setup) -> None:  # noqa: ANN001
+def test_weight_errors_are_linear_and_noise_is_residual(setup) -> None:
     x, w = setup
     rng = np.random.default_rng(2)
     dw = 0.05 * rng.standard_normal(w.shape)
@@ -47,7 +47,7 @@ def test_weight_errors_are_linear_and_noise_is_residual(setup) -> None:  # noqa:
     np.testing.assert_allclose(e2.total**2, e2.linear**2 + e2.residual**2, rtol=0.05)
 
 
-def test_least_squares_needs_enough_inputs(setup) -> None:  # noqa: ANN001
+def test_least_squares_needs_enough_inputs(setup) -> None:
     x, w = setup
     np.testing.assert_allclose(least_squares_weights(x, np.matmul(x.astype(float), w)), w, atol=1e-9)
     with pytest.raises(ChipInputError, match="at least 32"):

@@ -21,7 +21,7 @@ def _targets(chip: hil.Chip, gmax: float = 80.0, seed: int = 0) -> np.ndarray:
     return map_to_conductance(w, gmax)[0]
 
 
-def test_pv_converges_within_the_margin_and_leaves_spare_devices_reset(small_chip) -> None:  # noqa: ANN001
+def test_pv_converges_within_the_margin_and_leaves_spare_devices_reset(small_chip) -> None:
     t = _targets(small_chip)
     run = hil.MemoryRunLog()
     st = program_verify(small_chip, [0, 1], t, ProgramVerifyParams(), run)
@@ -62,7 +62,7 @@ def test_pv_averaging_reads_lowers_the_true_error() -> None:
     assert errs[1] < 0.85 * errs[0]
 
 
-def test_pv_protocol_summary(small_chip) -> None:  # noqa: ANN001
+def test_pv_protocol_summary(small_chip) -> None:
     out = program_verify_protocol(small_chip, ProgramVerifyConfig(eval_inputs=256), hil.MemoryRunLog(seed=2))
     assert out["cores"] == [0, 1] and out["gmax_counts"] == [80.0, 80.0]
     assert out["converged_fraction"] > 0.98
@@ -78,7 +78,7 @@ def test_pv_protocol_summary(small_chip) -> None:  # noqa: ANN001
         (np.full((2, 32, 32), 5000.0), r"allowed \[-4095.0, 4095.0\]"),
     ],
 )
-def test_bad_targets_are_refused_before_any_pulse(small_chip, targets, match) -> None:  # noqa: ANN001
+def test_bad_targets_are_refused_before_any_pulse(small_chip, targets, match) -> None:
     before = small_chip.true_conductances()
     with pytest.raises(ChipInputError, match=match):
         program_verify(small_chip, [0, 1], targets)
@@ -96,8 +96,8 @@ def test_bad_parameters_are_refused_by_the_config(field: str, value: float) -> N
         ProgramVerifyParams(**{field: value})
 
 
-def test_inconsistent_currents_and_unknown_keys_are_refused(small_chip) -> None:  # noqa: ANN001
-    with pytest.raises(ChipInputError, match="min_ua=500.0 must be below max_ua=400.0"):
+def test_inconsistent_currents_and_unknown_keys_are_refused(small_chip) -> None:
+    with pytest.raises(ChipInputError, match=r"min_ua=500\.0 must be below max_ua=400\.0"):
         program_verify(small_chip, [0, 1], np.zeros((2, 32, 32)), ProgramVerifyParams(min_ua=500, max_ua=400))
     assert small_chip.now() == 0.0
     with pytest.raises(ValidationError, match="margin"):
