@@ -5,9 +5,10 @@ builds an in-process emulated chip of the same preset, seed and geometry, progra
 (one PARTIAL pulse on two devices of every cell, random currents) and times full-chip MVMs
 (every core, 8-bit inputs, ADC output) at batch 1 and 1024, with inputs shared by all cores
 ``(B, rows)`` and per core ``(cores, B, rows)``. It reports per-call times, MVM calls per second
-(``mvm_per_s``; times the batch for vectors per second), the transport cost (lab path time minus
-in-process time, i.e. encoding, pyvisa, TCP and decoding; the server runs the same emulator) and
-that cost as a fraction of the in-process time. It also checks that both paths gave bit-identical
+(``mvm_per_s``; times the batch for vectors per second), the transport cost (each lab call's time
+minus the board's own execution time of that call, ``exec_s`` in its reply: encoding, pyvisa, TCP
+and decoding) and that cost as a fraction of the in-process time. Calls alternate between the two
+paths so both see the same machine load. It also checks that both paths gave bit-identical
 results. The emulator is reached through the backend registry, so ``drivers`` does not import it.
 """
 
@@ -27,14 +28,27 @@ from hil.backends import backend_class
 from hil.chip import PulseKind, grid
 
 
-def _median_call_s(fn: Any, calls: int) -> float:
-    fn()  # warm-up (caches, allocator, connection)
-    times = []
+def _interleaved(local_fn: Any, lab_fn: Any, lab: Any, calls: int) -> dict[str, float]:
+    """Median times (s) of in-process and lab calls, alternated so that both see the same machine load.
+
+    ``board_exec_s`` is the board's own execution time of each lab call (its ``exec_s``), so
+    ``transport_s`` (lab call minus board execution, per call) is free of load differences.
+    """
+    local_fn()  # warm-up: caches, allocator, connection
+    lab_fn()
+    t_local, t_lab, t_exec, t_transport = [], [], [], []
     for _ in range(calls):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        local_fn()
+        t_local.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        lab_fn()
+        t_lab.append(time.perf_counter() - t)
+        t_exec.append(lab.last_board_exec_s)
+        t_transport.append(t_lab[-1] - t_exec[-1])
+    med = lambda v: float(np.median(v))  # noqa: E731
+    return {"inproc_call_s": med(t_local), "lab_call_s": med(t_lab), "board_exec_s": med(t_exec),
+            "transport_s": med(t_transport)}
 
 
 def run_bench(
@@ -92,22 +106,19 @@ def run_bench(
                 x = rng.integers(-127, 128, shape).astype(np.int8)
                 y_local, y_lab = local.mvm(x), lab.mvm(x)  # the same call on both: must agree bit for bit
                 identical &= bool(y_local.dtype == y_lab.dtype and np.array_equal(y_local, y_lab))
-                n = (calls or {}).get(batch, 30 if batch <= 64 else 5)
-                t_local = _median_call_s(lambda x=x: local.mvm(x), n)
-                t_lab = _median_call_s(lambda x=x: lab.mvm(x), n)
+                n = (calls or {}).get(batch, 30 if batch <= 64 else 7)
+                t = _interleaved(lambda x=x: local.mvm(x), lambda x=x: lab.mvm(x), lab, n)
                 results.append({
                     "batch": batch,
                     "inputs": mode,
                     "request_bytes": int(x.nbytes),
                     "reply_bytes_int32": int(y_local.nbytes),
-                    "inproc_call_s": t_local,
-                    "lab_call_s": t_lab,
-                    "inproc_mvm_per_s": 1.0 / t_local,
-                    "lab_mvm_per_s": 1.0 / t_lab,
-                    "inproc_vectors_per_s": batch / t_local,
-                    "lab_vectors_per_s": batch / t_lab,
-                    "transport_s": t_lab - t_local,
-                    "transport_fraction_of_inproc": (t_lab - t_local) / t_local,
+                    **t,
+                    "inproc_mvm_per_s": 1.0 / t["inproc_call_s"],
+                    "lab_mvm_per_s": 1.0 / t["lab_call_s"],
+                    "inproc_vectors_per_s": batch / t["inproc_call_s"],
+                    "lab_vectors_per_s": batch / t["lab_call_s"],
+                    "transport_fraction_of_inproc": t["transport_s"] / t["inproc_call_s"],
                 })
         out["results"] = results
         out["bit_identical"] = identical

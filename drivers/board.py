@@ -53,8 +53,8 @@ log = logging.getLogger("drivers.board")
 _TRANSIENT: tuple[type[BaseException], ...] = (visa_errors.VisaIOError, OSError, BoardProtocolError, EOFError)
 #: pyvisa-py reads sockets in 4 KiB pieces by default; large MVM replies go much faster in bigger ones.
 _RECV_BYTES = 1 << 20
-#: Read size for blocks (bytes per pyvisa read call).
-_CHUNK_BYTES = 1 << 24
+#: Messages from this size (bytes) on use the fast socket paths (see ``LabChip._send_fast``).
+_FAST_BYTES = 1 << 16
 
 
 class BoardRestartedError(ChipCommunicationError):
@@ -92,6 +92,8 @@ class LabChip(Chip):
     up to ``backoff_max_s``. ``max_pulse_ua``: the station's write-head current limit (uA, at most
     800); a pulse above it trips: ``trip_handler(chip, reason)`` runs (a station switches its
     outputs off) and :class:`hil.SafetyLimitError` is raised before anything is sent.
+    ``fast_io``: send and receive messages of 64 KiB or more directly on pyvisa-py's socket
+    (same bytes, fewer copies; see ``_send_fast``); False keeps every byte on VISA calls.
     """
 
     #: Resume must not re-execute a journal on real hardware: the state lives on the board.
@@ -109,6 +111,7 @@ class LabChip(Chip):
         backoff_max_s: float = 2.0,
         max_pulse_ua: float = WRITE_HEAD_LIMIT_UA,
         trip_handler: Callable[[Any, str], None] | None = None,
+        fast_io: bool = True,
     ) -> None:
         check_range("timeout_s", timeout_s, 0.01, 3600.0, fix="Give the reply timeout in seconds.")
         check_range("connect_timeout_s", connect_timeout_s, 0.01, 600.0)
@@ -124,6 +127,8 @@ class LabChip(Chip):
         self.backoff_max_s = float(backoff_max_s)
         self.max_pulse_ua = float(max_pulse_ua)
         self.trip_handler = trip_handler
+        self.fast_io = bool(fast_io)
+        self._rx: np.ndarray | None = None
         self._rm = resource_manager or default_resource_manager()
         self._session = secrets.token_hex(4)
         self._seq = 0
@@ -133,6 +138,8 @@ class LabChip(Chip):
         self._closed = False
         #: Requests sent, retries made and reconnections, for diagnostics and tests.
         self.stats = {"requests": 0, "retries": 0, "connections": 0}
+        #: The board's own execution time of the last request (s), if it reports one (``exec_s``).
+        self.last_board_exec_s: float | None = None
         self._hello: Message | None = None
         self._with_retry("HELLO", "-", self._ensure_connected)
         assert self._hello is not None
@@ -260,7 +267,7 @@ class LabChip(Chip):
     def board_stats(self) -> dict[str, int]:
         """The board's counters: requests executed, answered from memory, refused (``STATS``)."""
         r = self._request("STATS")
-        return {k: int(v) for k, v in r.params.items() if isinstance(v, str) and v.isdigit()}
+        return {k: int(v) for k, v in r.params.items() if k != "exec_s" and isinstance(v, str) and v.isdigit()}
 
     # ------------------------------------------------------------------ transport
     def _request(self, verb: str, params: dict[str, Any] | None = None) -> Message:
@@ -270,17 +277,24 @@ class LabChip(Chip):
             raise ChipCommunicationError(self._failed)
         self._seq += 1
         rid = f"{self._session}-{self._seq}"
-        payload = join_chunks(encode_message(verb, rid, params, narrow=True))
+        chunks = encode_message(verb, rid, params, narrow=True)
+        size = sum(len(c) for c in chunks)
+        payload = None if self.fast_io and size >= _FAST_BYTES else join_chunks(chunks)
         self.stats["requests"] += 1
 
         def attempt() -> Message:
             res = self._ensure_connected()
-            res.write_raw(payload)
+            if payload is None and self._send_fast(res, chunks):
+                pass
+            else:
+                res.write_raw(payload if payload is not None else join_chunks(chunks))
             return self._read_reply(res, rid)
 
         reply = self._with_retry(verb, rid, attempt)
         if reply.verb == "ERR":
             raise self._error_from_reply(verb, reply)
+        exec_s = reply.params.get("exec_s")
+        self.last_board_exec_s = float(exec_s) if isinstance(exec_s, str) else None
         return reply
 
     def _with_retry(self, verb: str, rid: str, fn: Callable[[], Any]) -> Any:
@@ -381,11 +395,15 @@ class LabChip(Chip):
         if arrays:
             total = sum(len(block_header(s.nbytes)) + s.nbytes for _, s in arrays) + 1
             # Blocks are binary: the termination character must not end a read inside them.
-            res.read_termination = None
-            try:
-                data = memoryview(res.read_bytes(total, chunk_size=_CHUNK_BYTES))
-            finally:
-                res.read_termination = "\n"
+            fast = self._recv_fast(res, total) if self.fast_io and total >= _FAST_BYTES else None
+            if fast is not None:
+                data = fast
+            else:
+                res.read_termination = None
+                try:
+                    data = memoryview(self._read_exact(res, total))
+                finally:
+                    res.read_termination = "\n"
             pos = 0
             for key, spec in arrays:
                 n_digits, _ = parse_block_header(bytes(data[pos : pos + 2]))
@@ -393,13 +411,81 @@ class LabChip(Chip):
                 if count != spec.nbytes:
                     raise BoardProtocolError(f"reply block {key} has {count} bytes, expected {spec.nbytes}", fatal=True)
                 pos += 2 + n_digits
-                msg.params[key] = decode_block(spec, data[pos : pos + count])
+                msg.params[key] = decode_block(spec, data[pos : pos + count], copy=True)
                 pos += count
             if bytes(data[pos : pos + 1]) != b"\n":
                 raise BoardProtocolError("reply does not end with '\\n' after its blocks", fatal=True)
         if msg.rid != rid:
             raise BoardProtocolError(f"reply to request {msg.rid!r} arrived while waiting for {rid!r}", fatal=True)
         return msg
+
+    @staticmethod
+    def _read_exact(res: MessageBasedResource, total: int) -> bytes:
+        """``total`` bytes through the VISA read call (one call unless the reply arrives in parts)."""
+        parts: list[bytes] = []
+        got = 0
+        while got < total:
+            with res.ignore_warning(constants.StatusCode.success_max_count_read):
+                chunk, _ = res.visalib.read(res.session, total - got)
+            if not chunk:
+                raise EOFError(f"reply cut short after {got} of {total} bytes")
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    # Fast paths for large messages. pyvisa-py's socket session sends in 4 KiB pieces with a
+    # select() per piece and copies a reply several times on the way in (about 30 ms per copy of
+    # 32 MiB where fresh pages fault, as in small VMs). When the resource is a pyvisa-py socket
+    # session, large requests go out with one sendall() on its socket and large blocks come in
+    # with recv_into() straight into their final buffer, after the bytes pyvisa-py has already
+    # buffered. Connection set-up, lines and small messages stay on the VISA calls, and
+    # ``fast_io=False`` keeps everything on them (same bytes on the wire either way).
+    @staticmethod
+    def _pyvisa_py_socket(res: MessageBasedResource) -> tuple[Any, socket.socket] | None:
+        sessions = getattr(res.visalib, "sessions", None)
+        session = sessions.get(res.session) if isinstance(sessions, dict) else None
+        sock = getattr(session, "interface", None)
+        if isinstance(sock, socket.socket) and isinstance(getattr(session, "_pending_buffer", None), bytearray):
+            return session, sock
+        return None
+
+    def _send_fast(self, res: MessageBasedResource, chunks: list[Any]) -> bool:
+        found = self._pyvisa_py_socket(res)
+        if found is None:
+            return False
+        sock = found[1]
+        sock.settimeout(self.timeout_s)
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        finally:
+            sock.settimeout(None)
+        return True
+
+    def _recv_fast(self, res: MessageBasedResource, total: int) -> memoryview | None:
+        found = self._pyvisa_py_socket(res)
+        if found is None:
+            return None
+        session, sock = found
+        # One receive buffer per chip, reused: fresh pages for every large reply would cost more
+        # than the copy out of it (decode_block copies, so no returned array aliases it).
+        if self._rx is None or self._rx.size < total:
+            self._rx = np.empty(total, dtype=np.uint8)
+        out = memoryview(self._rx)[:total]
+        pending: bytearray = session._pending_buffer
+        pos = min(len(pending), total)
+        out[:pos] = pending[:pos]
+        del pending[:pos]
+        sock.settimeout(self.timeout_s)
+        try:
+            while pos < total:
+                n = sock.recv_into(out[pos:], total - pos)
+                if n == 0:
+                    raise EOFError(f"the board closed the connection after {pos} of {total} reply bytes")
+                pos += n
+        finally:
+            sock.settimeout(None)
+        return out
 
     def _error_from_reply(self, verb: str, reply: Message) -> HilError:
         code = str(reply.params.get("code", "INTERNAL"))

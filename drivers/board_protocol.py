@@ -298,8 +298,13 @@ def parse_block_header(head: bytes) -> tuple[int, int]:
     return int(head[1:2]), 2
 
 
-def decode_block(spec: ArraySpec, data: bytes | bytearray | memoryview, *, writable: bool = True) -> np.ndarray:
-    """Array of ``spec`` from its block payload, widened to the logical dtype."""
+def decode_block(
+    spec: ArraySpec, data: bytes | bytearray | memoryview, *, writable: bool = True, copy: bool = False
+) -> np.ndarray:
+    """Array of ``spec`` from its block payload, widened to the logical dtype.
+
+    ``copy``: the result never shares memory with ``data`` (for reused receive buffers).
+    """
     if len(data) != spec.nbytes:
         raise BoardProtocolError(f"block of {len(data)} bytes; {spec} needs {spec.nbytes}", fatal=True)
     arr = np.frombuffer(data, dtype=DTYPES[spec.wire]).reshape(spec.shape)
@@ -310,7 +315,7 @@ def decode_block(spec: ArraySpec, data: bytes | bytearray | memoryview, *, writa
             return arr.astype(logical)
         raise BoardProtocolError(f"cannot widen {spec.wire} to {spec.logical}; only integer to integer and float to "
                                  "float are allowed", fatal=True)
-    return arr.copy() if writable and not arr.flags.writeable else arr
+    return arr.copy() if copy or (writable and not arr.flags.writeable) else arr
 
 
 async def read_message(

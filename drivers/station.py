@@ -45,7 +45,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from drivers import DRIVERS, driver_class
-from drivers.instrument import Instrument, InstrumentCommunicationError, sim_file_path
+from drivers.instrument import Instrument, InstrumentCommunicationError, default_resource_manager, sim_file_path
 from hil.errors import HilError
 
 log = logging.getLogger("drivers.station")
@@ -226,8 +226,6 @@ class Station:
 
     def _real_rm(self) -> pyvisa.ResourceManager:
         if self.config.visa_library == "@py":
-            from drivers.instrument import default_resource_manager
-
             return default_resource_manager()
         return pyvisa.ResourceManager(self.config.visa_library)
 

@@ -25,6 +25,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -235,7 +236,10 @@ class BoardServer:
             return error_reply(msg.rid, "UNKNOWN", f"unknown command {msg.verb!r}; known commands: {known}, *IDN?")
         try:
             with self._chip_lock:
+                start = time.perf_counter()
                 result = handler(msg)
+                # The board's own execution time: lets a client tell transport from chip time.
+                result["exec_s"] = time.perf_counter() - start
                 self.stats["executed"] += 1
             return encode_message("OK", msg.rid, result, narrow=True)
         except BoardProtocolError as exc:

@@ -283,7 +283,10 @@ def _forward(module: str, argv: list[str]) -> int:
     except ImportError as exc:
         print(f"hil: error: {module} is not available ({exc}).", file=sys.stderr)
         return EXIT_USAGE
-    return int(mod.main(argv) or 0)
+    try:
+        return int(mod.main(argv) or 0)
+    except SystemExit as exc:  # argparse inside the forwarded command (--help, usage errors)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -379,7 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "emulate":
         return _forward("emulator.server", argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -532,13 +532,16 @@ def run_protocol(
     preceded_by: Sequence[str | os.PathLike[str]] = (),
     flush_interval_s: float | None = None,
     compression: str = "auto",
+    chip_seed: int | None = None,
 ) -> RunResult:
     """Run ``protocol`` and write its run file into ``out``; returns a :class:`RunResult`.
 
     ``chip``: a spec (``emulator``, ``emulator:PRESET``, ``lab:HOST:PORT``, ``replay:FILE``) or a
     chip object (then ``chip_spec`` says how to rebuild it for ``hil resume``; ``preceded_by`` lists
     earlier run files that used the same chip object, re-executed first on resume). A replay chip
-    defaults ``seed`` and ``config`` to the recorded ones. Ctrl-C is recorded as ``abort`` and then
+    defaults ``seed`` and ``config`` to the recorded ones. ``chip_seed``: the seed the chip was built
+    with (default: the chip object's ``seed`` attribute, or ``seed`` for a spec); resume rebuilds the
+    chip with it. Ctrl-C is recorded as ``abort`` and then
     re-raised; failures are returned (``result.raise_for_status()`` re-raises them). ``compression``:
     ``auto`` (deflate where a trial on the first rows saves a quarter or more), ``gzip`` or ``none``.
     """
@@ -575,8 +578,12 @@ def run_protocol(
         run_id = run_id or new_run_id(spec.name)
         path = out_dir / f"{run_id}.h5"
         replay_of = chip_obj.reader.run_id if isinstance(chip_obj, ReplayChip) else ""
+        own_seed = getattr(chip_obj, "seed", None)
+        if chip_seed is None:
+            chip_seed = seed if owns_chip or not isinstance(own_seed, int) else own_seed
         attrs = _base_attrs(
             run_id, spec, cfg, seed, chip_obj, chip_spec or "",
+            chip_seed=int(chip_seed),
             preceded_by_json=to_json([str(Path(p).name) for p in preceded_by]),
             replay_of=replay_of,
         )
@@ -635,7 +642,7 @@ def resume_run(
                 )
             if chip_spec.startswith("replay:"):
                 raise HilError(f"{path} is a replay of {chip_spec[7:]}; run `hil replay` on that file again instead.")
-            live = open_chip(chip_spec, seed=seed)
+            live = open_chip(chip_spec, seed=int(reader.attrs.get("chip_seed", seed)))
         reexecute = bool(getattr(live, "resume_by_reexecution", False))
         preceded = reader._json_attr("preceded_by_json", [])
         if reexecute:

@@ -208,9 +208,9 @@ class ReplayChip(Chip):
         return None if self._last is None else (self._last.t_wall, self._last.dt_wall)
 
     # ------------------------------------------------------------------ matching
-    def _mismatch(self, message: str) -> ReplayMismatchError:
+    def _mismatch(self, message: str, index: int | None = None) -> ReplayMismatchError:
         return ReplayMismatchError(
-            f"replay of {self.reader.path.name} differs at call #{self._pos} "
+            f"replay of {self.reader.path.name} differs at call #{self._pos if index is None else index} "
             f"(of {len(self.journal)} recorded): {message}"
         )
 
@@ -254,20 +254,25 @@ class ReplayChip(Chip):
             result = live_fn()
         except Exception as exc:
             if rec.error is None:
-                raise self._mismatch(f"re-executing {op} on the live chip raised {exc!r}; the recording has no error.") from exc
+                raise self._mismatch(
+                    f"re-executing {op} on the live chip raised {exc!r}; the recording has no error.", rec.index
+                ) from exc
             raise
         if rec.error is not None:
-            raise self._mismatch(f"re-executing {op} succeeded on the live chip but the recording has {rec.error[0]}.")
+            raise self._mismatch(f"re-executing {op} succeeded on the live chip but the recording has {rec.error[0]}.", rec.index)
         for name, value in _result_fields(op, result).items():
             why = _difference(rec.fields[name], value)
             if why is not None:
                 raise self._mismatch(
                     f"re-executing {op} on the live chip gave another {name!r} ({why}); "
-                    "the chip is not the recorded one (spec, seed, preceding runs) or is not deterministic."
+                    "the chip is not the recorded one (spec, seed, preceding runs) or is not deterministic.",
+                    rec.index,
                 )
         t_live = float(self._live.now()) if self._live is not None else rec.t_chip
         if not (t_live == rec.t_chip or (np.isnan(t_live) and np.isnan(rec.t_chip))):
-            raise self._mismatch(f"after re-executing {op} the live chip clock reads {t_live} s vs recorded {rec.t_chip} s.")
+            raise self._mismatch(
+                f"after re-executing {op} the live chip clock reads {t_live} s vs recorded {rec.t_chip} s.", rec.index
+            )
         return result
 
     # ------------------------------------------------------------------ the chip interface
@@ -280,7 +285,7 @@ class ReplayChip(Chip):
             assert self._live is not None
             t = float(self._live.now())
             if t != rec.fields["t"]:
-                raise self._mismatch(f"the live chip clock reads {t} s vs recorded {rec.fields['t']} s.")
+                raise self._mismatch(f"the live chip clock reads {t} s vs recorded {rec.fields['t']} s.", rec.index)
         return float(rec.fields["t"])
 
     def _sleep(self, seconds: float) -> None:

@@ -693,7 +693,7 @@ def _open_h5(path: Path) -> h5py.File:
     for kwargs in ({"swmr": True}, {}):
         try:
             return h5py.File(path, "r", locking=False, **kwargs)
-        except OSError as exc:
+        except _H5_ERRORS as exc:
             errors.append(str(exc))
     raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {errors[-1]}")
 
@@ -813,7 +813,9 @@ def _guarded(method: Any) -> Any:
         except RunFileError:
             raise
         except _H5_ERRORS as exc:
-            raise RunFileError(f"{self.path} is damaged: {method.__name__} failed ({type(exc).__name__}: {exc}).") from exc
+            raise RunFileError(
+                f"{self.path} is damaged (truncated or corrupted): {method.__name__} failed ({type(exc).__name__}: {exc})."
+            ) from exc
 
     return wrapper
 
@@ -840,7 +842,9 @@ class RunReader:
             self.attrs: dict[str, Any] = {k: _decode_attr(v) for k, v in self._f.attrs.items()}
         except _H5_ERRORS as exc:
             self._f.close()
-            raise RunFileError(f"{self.path} is damaged: its attributes cannot be read ({exc}).") from exc
+            raise RunFileError(
+                f"{self.path} is damaged (truncated or corrupted): its attributes cannot be read ({exc})."
+            ) from exc
         if self.attrs.get("hil_layout") != LAYOUT_NAME:
             self._f.close()
             raise RunFileError(

@@ -19,14 +19,23 @@ Per iteration, for all selected cores at once:
    how far its effective conductance is from the target. Estimates of cells that were not pulsed
    since the last iteration are averaged with their earlier ones (the error is unchanged, so the
    average sharpens it).
-3. The step -eta D becomes pulses: cells with |D| above ``threshold_counts`` get one 125 ns PARTIAL
-   pulse on their programming device (the positive device for a positive weight, the negative
-   device for a negative one), whose current follows the step: I <- clip(I + gain * eta * D *
-   sign(T)) (more current melts a PCM device to a lower conductance, less lets it crystallise
-   higher). Cells within the threshold are not touched, so the many good cells do not pick up
-   fresh programming noise.
+3. The step -eta D becomes pulses on the positive or the negative devices:
 
-Starting points: ``program-verify`` (P&V first; GDP reuses its per-cell currents) or ``scratch``
+   * ``|step| > coarse_counts``: re-program the cell's programming device (0 for a positive
+     weight, 2 for a negative one) with a 125 ns PARTIAL pulse whose current follows the step,
+     I <- clip(I - gain * sign(T) * step) (more current melts a PCM device lower).
+   * ``threshold_counts < |step| <= coarse_counts``: a potentiating pulse on the spare device of
+     the polarity the step asks for (device 1 for more G+, device 3 for more G-; both RESET after
+     one-device-per-polarity P&V), or, when the other polarity's spare already holds a correction,
+     melting that spare back down. Each spare has a desired level [counts]; its pulse current comes
+     from the programming curve (|target| -> current) traced by the P&V start or by GDP's own coarse
+     phase. A pulse at a level's current melts a device above the level down to it and lets a device
+     below it crystallise part of the way up, so it does not overshoot in expectation, and a small
+     correction on a nearly RESET device carries far less programming noise than re-programming
+     the main device.
+   * Cells within ``threshold_counts`` are not touched, so good cells pick up no fresh noise.
+
+Starting points: ``program-verify`` (P&V first; GDP starts its currents from the P&V programming curve) or ``scratch``
 (RESET all devices, SET the devices of each weight's sign, fit alpha to the SET state assuming a
 mean SET cell of ``set_counts``, then GDP drives every cell down from SET).
 """
@@ -219,7 +228,8 @@ def gradient_descent_program(
             first[f] = False
         later = coarse[~np.isin(coarse, f)]
         current[later] = np.clip(current[later] - p.gain_ua_per_count * sign[later] * step[later], p.min_ua, p.max_ua)
-        _pulse_cells(chip, cores, coarse, main[coarse], PulseKind.PARTIAL, current[coarse], p.pulse_ns)
+        flat, devs, kinds, amps, widths = [coarse], [main[coarse]], [np.full(coarse.size, int(PulseKind.PARTIAL))], \
+            [current[coarse]], [np.full(coarse.size, p.pulse_ns)]
         # Fine: potentiate the spare of the polarity the step asks for, or take back the other spare.
         if fine.size:
             assert curve is not None
@@ -228,14 +238,15 @@ def gradient_descent_program(
             which = np.where(s > 0, np.where(take_back, 1, 0), np.where(take_back, 0, 1))  # 0: pos spare
             delta = np.where(take_back, -np.abs(s), np.abs(s))
             new_level = np.maximum(level[which, fine] + delta, 0.0)
-            level[which, fine] = new_level
-            dev = np.where(which == 0, spare[1], spare[-1])
             low = new_level < curve[0][0] / 2  # below what a partial pulse can hold: RESET the spare
-            _pulse_cells(chip, cores, fine[low], dev[low], PulseKind.RESET, sp.reset_ua, sp.reset_ns)
-            level[which[low], fine[low]] = 0.0
-            hi = ~low
-            amp = np.clip(np.interp(new_level[hi], *curve), p.min_ua, p.max_ua)
-            _pulse_cells(chip, cores, fine[hi], dev[hi], PulseKind.PARTIAL, amp, p.pulse_ns)
+            level[which, fine] = np.where(low, 0.0, new_level)
+            flat.append(fine)
+            devs.append(np.where(which == 0, spare[1], spare[-1]))
+            kinds.append(np.where(low, int(PulseKind.RESET), int(PulseKind.PARTIAL)))
+            amps.append(np.where(low, sp.reset_ua, np.clip(np.interp(new_level, *curve), p.min_ua, p.max_ua)))
+            widths.append(np.where(low, sp.reset_ns, p.pulse_ns))
+        # All pulses of a step in one batch: the write heads of every core work in parallel.
+        _pulse_cells(chip, cores, *(np.concatenate(a) for a in (flat, devs, kinds, amps, widths)))
         touched = np.concatenate([coarse, fine])
         pulses[touched] += 1
         n_est[touched] = 0

@@ -125,9 +125,10 @@ def _addr(cores: np.ndarray, flat: np.ndarray, rows: int, cols: int) -> tuple[np
     return cores[flat // (rows * cols)], (flat // cols) % rows, flat % cols
 
 
-def _pulse_cells(chip: Chip, cores: np.ndarray, flat: np.ndarray, device: Any, kind: PulseKind,
-                 amp: Any, width: float) -> None:
-    """One pulse per listed cell (flat index into (n, rows, cols)) on ``device`` (scalar or per cell)."""
+def _pulse_cells(chip: Chip, cores: np.ndarray, flat: np.ndarray, device: Any, kind: Any,
+                 amp: Any, width: Any) -> None:
+    """One pulse per listed cell (flat index into (n, rows, cols)); device, kind, current [uA] and
+    width [ns] are scalars or one per cell."""
     g = chip.geometry
     if flat.size == 0:
         return
@@ -195,7 +196,7 @@ def program_verify(
         g_a = chip.read_devices(c, r, k, base[program]).astype(float)
         g_b = chip.read_devices(c, r, k, base[program] + 1).astype(float)
         hi_is_b = g_b > g_a
-        g_hi, g_lo = np.maximum(g_a, g_b), np.minimum(g_a, g_b)
+        g_hi = np.maximum(g_a, g_b)
         keep_hi = mag[program] > g_hi
         # Iterate on the lower device (the higher stays SET) or on the higher (the lower is RESET).
         iterate_b = np.where(keep_hi, ~hi_is_b, hi_is_b)
@@ -204,7 +205,6 @@ def program_verify(
         drop = program[~keep_hi]
         _pulse_cells(chip, cores, drop, base[drop] + (~hi_is_b[~keep_hi]), PulseKind.RESET,
                      params.reset_ua, params.reset_ns)
-        del g_lo
 
     current = np.full(n_cells, params.max_ua)
     pulses = np.zeros(n_cells, dtype=np.int32)
@@ -234,11 +234,12 @@ def program_verify(
         later = active[pulses[active] > 0]
         err_later = err[pulses[active] > 0]
         current[later] = np.clip(current[later] + params.gain_ua_per_count * err_later, params.min_ua, params.max_ua)
-        # Cells whose target is below the margin but read outside it are RESET again.
+        # One batch: cells whose target is below the margin but read outside it are RESET again.
         small = mag[active] < params.margin_counts
-        _pulse_cells(chip, cores, active[small], device[active[small]], PulseKind.RESET, params.reset_ua, params.reset_ns)
-        big = active[~small]
-        _pulse_cells(chip, cores, big, device[big], PulseKind.PARTIAL, current[big], params.pulse_ns)
+        kinds = np.where(small, int(PulseKind.RESET), int(PulseKind.PARTIAL))
+        amps = np.where(small, params.reset_ua, current[active])
+        widths = np.where(small, params.reset_ns, params.pulse_ns)
+        _pulse_cells(chip, cores, active, device[active], kinds, amps, widths)
         pulses[active] += 1
 
     shape = t.shape

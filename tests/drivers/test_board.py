@@ -60,7 +60,7 @@ def test_bit_identical_through_a_separate_server_process(server_process):
 
 def test_the_real_program_verify_protocol_runs_over_the_socket(served):
     pv = pytest.importorskip("protocols.program_verify")
-    srv, lab = served
+    _, lab = served
     cfg = pv.ProgramVerifyConfig(max_iterations=4, eval_inputs=32)
     out = {}
     for name, chip in (("local", EmulatedChip(seed=11, geometry=SMALL)), ("lab", lab)):
@@ -95,13 +95,13 @@ def test_info_geometry_and_idn(served):
 
 
 def test_bad_input_is_refused_before_anything_is_sent(served):
-    srv, lab = served
+    _, lab = served
     sent = lab.stats["requests"]
     with pytest.raises(ChipInputError, match="core=2 is out of range"):
         lab.apply_pulses([2], 0, 0, 0, hil.PulseKind.SET, 125.0, 250.0)
     with pytest.raises(ChipInputError, match="x contains 200"):
         lab.mvm(np.full((1, SMALL.n_rows), 200))
-    with pytest.raises(hil.SafetyLimitError, match="write-head limit of 800.0 uA"):
+    with pytest.raises(hil.SafetyLimitError, match=r"write-head limit of 800\.0 uA"):
         lab.apply_pulses([0], 0, 0, 0, hil.PulseKind.PARTIAL, 900.0, 100.0)
     assert lab.stats["requests"] == sent
 
@@ -172,5 +172,59 @@ def test_a_silent_board_times_out_as_configured():
 
 
 def test_bad_timeouts_are_refused():
-    with pytest.raises(ChipInputError, match="timeout_s=0.0 is out of range"):
+    with pytest.raises(ChipInputError, match=r"timeout_s=0\.0 is out of range"):
         LabChip("127.0.0.1:1", timeout_s=0.0)
+
+
+@pytest.mark.parametrize("fast_io", [True, False])
+def test_large_messages_identical_with_and_without_the_fast_socket_path(served, fast_io):
+    srv, _ = served
+    lab = LabChip(srv.address, fast_io=fast_io)
+    local = EmulatedChip(seed=11, geometry=SMALL)
+    rng = np.random.default_rng(5)
+    c, r, k, d = hil.grid([0, 1], range(SMALL.n_rows), range(SMALL.n_cols), range(4))
+    amps = rng.uniform(150.0, 650.0, c.size)  # float64 that float32 cannot hold: 8 bytes per pulse, > 64 KiB
+    x = rng.integers(-127, 128, (2, 1500, SMALL.n_rows)).astype(np.int8)  # 96 KiB request, 384 KiB reply
+    for chip in (local, lab):
+        chip.apply_pulses(c, r, k, d, hil.PulseKind.PARTIAL, amps, 125.0)
+    y_local, y_lab = local.mvm(x), lab.mvm(x)
+    assert y_lab.dtype == np.int32 and y_lab.flags.writeable and y_lab.flags.owndata
+    np.testing.assert_array_equal(y_lab, y_local)
+    y2 = lab.mvm(x[:, :10])  # a later reply must not overwrite the earlier array (reused receive buffer)
+    np.testing.assert_array_equal(y_lab, y_local)
+    np.testing.assert_array_equal(y2, local.mvm(x[:, :10]))
+    lab.close()
+
+
+def test_bench_smoke_reports_identical_results_and_timings():
+    from drivers.bench import run_bench
+
+    out = run_bench(cores=2, rows=32, cols=32, batches=(1, 8), calls={1: 3, 8: 3})
+    assert out["bit_identical"] is True
+    assert [(r["batch"], r["inputs"]) for r in out["results"]] == [(1, "shared"), (1, "per_core"), (8, "shared"), (8, "per_core")]
+    for r in out["results"]:
+        assert 0 < r["board_exec_s"] < r["lab_call_s"] and r["inproc_call_s"] > 0
+        assert r["lab_mvm_per_s"] == pytest.approx(1 / r["lab_call_s"])
+    assert out["programming"]["pulses"] == 2 * 32 * 32 * 2
+
+
+def test_hil_emulate_forwards_to_the_server_and_refuses_bad_arguments(capsys):
+    from hil.cli import main as hil_main
+
+    assert hil_main(["emulate", "--port", "70000"]) == 2
+    assert "--port 70000 is not a TCP port" in capsys.readouterr().err
+    assert hil_main(["emulate", "--port", "0", "--preset", "no-such-preset"]) == 2
+    assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
+
+
+def test_server_command_line_serves_until_terminated(server_process):
+    import signal
+
+    port = free_port()
+    proc = start_server_process(port, seed=4)
+    server_process.append(proc)
+    chip = LabChip(f"127.0.0.1:{port}")
+    assert chip.info.serial == "seed=4"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    chip.close()

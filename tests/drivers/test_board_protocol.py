@@ -115,7 +115,7 @@ def test_typed_getters_name_the_parameter():
     msg, _ = parse_line(b"SLEEP r1 s=abc n=1.5 w=word\n")
     with pytest.raises(BoardProtocolError, match="s='abc' is not a number"):
         msg.get_float("s")
-    with pytest.raises(BoardProtocolError, match="n='1.5' is not an integer"):
+    with pytest.raises(BoardProtocolError, match=r"n='1\.5' is not an integer"):
         msg.get_int("n")
     with pytest.raises(BoardProtocolError, match="needs parameter 'q'"):
         msg.get_float("q")

@@ -22,7 +22,7 @@ def test_exact_script_passes():
 
 
 def test_extra_message_fails():
-    with pytest.raises(ExchangeMismatchError, match="extra command 'SENS:VOLT:NPLC 1.000000E\\+00'"), expected_exchange(Keysight34465A, CONNECT) as dmm:
+    with pytest.raises(ExchangeMismatchError, match=r"extra command 'SENS:VOLT:NPLC 1\.000000E\+00'"), expected_exchange(Keysight34465A, CONNECT) as dmm:
         dmm.nplc = 1.0
 
 
@@ -33,7 +33,7 @@ def test_missing_message_fails():
 
 def test_different_message_fails_even_if_the_body_raised():
     script = [*CONNECT, ("SENS:VOLT:NPLC 1.000000E+01", None), ("READ?", "+1.0")]
-    with pytest.raises(ExchangeMismatchError, match="sent 'SENS:VOLT:NPLC 1.000000E\\+00', expected 'SENS:VOLT:NPLC 1.000000E\\+01'"), expected_exchange(Keysight34465A, script) as dmm:
+    with pytest.raises(ExchangeMismatchError, match=r"sent 'SENS:VOLT:NPLC 1\.000000E\+00', expected 'SENS:VOLT:NPLC 1\.000000E\+01'"), expected_exchange(Keysight34465A, script) as dmm:
         dmm.nplc = 1.0
         _ = dmm.reading  # answered with the off-script marker, which is not a number
 

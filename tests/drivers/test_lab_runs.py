@@ -19,20 +19,26 @@ from .test_station import BENCH, write
 engine = pytest.importorskip("hil.engine")
 runfile = pytest.importorskip("hil.runfile")
 
-register_protocol("test-lab-mini", MiniConfig)(mini_protocol)
-
-
 class PulseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     amplitude_ua: float = 400.0
 
 
-@register_protocol("test-lab-pulse", PulseConfig)
 def pulse_protocol(chip: hil.Chip, config: PulseConfig, run: Any) -> dict[str, Any]:
     chip.apply_pulses([0], 1, 1, 0, hil.PulseKind.PARTIAL, 300.0, 125.0)
     run.log("reads", counts=chip.read_devices([0], 1, 1, 0))
     chip.apply_pulses([0, 1], 1, 1, 0, hil.PulseKind.PARTIAL, config.amplitude_ua, 125.0)
     return {"done": True}
+
+
+@pytest.fixture(autouse=True)
+def test_protocols(monkeypatch):
+    """Register this module's protocols in a private copy of the registry (others never see them)."""
+    import hil.protocol as hp
+
+    monkeypatch.setattr(hp, "_REGISTRY", dict(hp._REGISTRY))
+    register_protocol("test-lab-mini", MiniConfig)(mini_protocol)
+    register_protocol("test-lab-pulse", PulseConfig)(pulse_protocol)
 
 
 def board_station(tmp_path, write_head_ua: int = 500) -> Station:

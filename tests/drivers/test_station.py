@@ -53,7 +53,7 @@ def test_simulated_bench_connects_every_instrument(tmp_path):
         assert snap["instruments"]["psu"]["idn"].startswith("Keysight Technologies,E36312A")
         assert snap["limits"]["write_head_current_ua"] == 500
         assert st["tc"].input("A").temperature_k == pytest.approx(295.15)
-        with pytest.raises(KeyError, match="no instrument 'scope'.*open instruments: smu, awg"):
+        with pytest.raises(KeyError, match=r"no instrument 'scope'.*open instruments: smu, awg"):
             st["scope"]
 
 

@@ -3,6 +3,7 @@
 ``test-steps`` makes a fixed sequence of chip calls and logs after each step. With the environment
 variable ``HIL_TEST_KILL_AT_STEP=K`` the process SIGKILLs itself at the start of step K (after
 ``HIL_TEST_KILL_WAIT_S`` seconds, to let the writer flush or not): a real crash at a known point.
+``HIL_TEST_INTERRUPT_AT_STEP=K`` raises KeyboardInterrupt there instead (an in-process Ctrl-C).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class StepsConfig(BaseModel):
 @register_protocol("test-steps", StepsConfig, description="deterministic chip calls, step by step (tests)")
 def steps(chip: Chip, config: StepsConfig, run: RunLog) -> dict[str, Any]:
     kill_at = int(os.environ.get("HIL_TEST_KILL_AT_STEP", "-1"))
+    interrupt_at = int(os.environ.get("HIL_TEST_INTERRUPT_AT_STEP", "-1"))
     g = chip.geometry
     rng = run.rng("steps")
     total = 0
@@ -40,6 +42,8 @@ def steps(chip: Chip, config: StepsConfig, run: RunLog) -> dict[str, Any]:
         if i == kill_at:
             time.sleep(float(os.environ.get("HIL_TEST_KILL_WAIT_S", "0")))
             os.kill(os.getpid(), signal.SIGKILL)
+        if i == interrupt_at:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived between two steps
         n = config.devices
         core = rng.integers(0, g.n_cores, n)
         row, col, dev = rng.integers(0, g.n_rows, n), rng.integers(0, g.n_cols, n), rng.integers(0, g.n_devices, n)

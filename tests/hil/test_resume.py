@@ -1,0 +1,182 @@
+"""Resume: a run killed (real SIGKILL) or aborted and then resumed ends with the data of an uninterrupted run."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hil.engine import resume_run, run_protocol
+from hil.errors import HilError
+from hil.index import RunIndex
+from hil.runfile import RunReader
+from tests.hil.conftest import SMALL_CHIP, popen_hil, run_hil_subprocess, sha256
+
+STEPS = 12
+SEED = 5
+
+
+def assert_same_data(a_path: Path, b_path: Path) -> None:
+    """Same streams (every column, row for row) and the same journal (ops, arguments, results, chip clock)."""
+    with RunReader(a_path) as a, RunReader(b_path) as b:
+        assert a.streams() == b.streams()
+        for stream in a.streams():
+            sa, sb = a.stream(stream, meta=True), b.stream(stream, meta=True)
+            for col in sa:
+                if col != "_t_wall":
+                    np.testing.assert_array_equal(sa[col], sb[col], err_msg=f"{stream}.{col}")
+        ja, jb = a.journal, b.journal
+        assert len(ja) == len(jb)
+        np.testing.assert_array_equal(ja.calls["op"], jb.calls["op"])
+        np.testing.assert_array_equal(ja.calls["t_chip"], jb.calls["t_chip"])
+        for i in range(len(ja)):
+            ca, cb = ja.call(i), jb.call(i)
+            for name, value in ca.fields.items():
+                np.testing.assert_array_equal(value, cb.fields[name], err_msg=f"call {i} {ca.op}.{name}")
+        assert a.summary == b.summary and b.status == "success"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    res = run_protocol("test-steps", chip=SMALL_CHIP, sets=[f"steps={STEPS}"], seed=SEED, out=out)
+    assert res.status == "success"
+    return res.path
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "wait_s"),
+    [(0, 0.0), (4, 1.2), (9, 0.0)],
+    ids=["before-first-call", "after-a-flush", "with-unflushed-calls"],
+)
+def test_sigkill_then_resume_gives_the_uninterrupted_data(tmp_path: Path, uninterrupted: Path, kill_at: int, wait_s: float) -> None:
+    proc = run_hil_subprocess(
+        "run", "test-steps", "--chip", SMALL_CHIP, "--set", f"steps={STEPS}", "--seed", str(SEED), "--out", str(tmp_path),
+        env={"HIL_TEST_KILL_AT_STEP": str(kill_at), "HIL_TEST_KILL_WAIT_S": str(wait_s)},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (path,) = tmp_path.glob("*.h5")
+    with RunReader(path) as r:
+        assert r.effective_status == "incomplete"
+        calls = len(r.journal)
+        if wait_s:  # everything before the kill had been flushed
+            assert calls == 5 * kill_at and r.n_rows("steps") == kill_at
+        else:
+            assert calls <= 5 * kill_at
+    (entry,) = RunIndex(tmp_path).entries()
+    assert entry["effective_status"] == "incomplete"
+    res = resume_run(path)
+    assert res.status == "success", res.message
+    assert res.path == path and not list(tmp_path.glob(".*resuming"))
+    assert_same_data(uninterrupted, path)
+    with RunReader(path) as r:
+        assert r.attrs["resume_count"] == 1 and r.run_id == entry["run_id"]
+        assert any(f"the {calls} recorded calls matched" in text for _, text in r.notes())
+    (entry,) = RunIndex(tmp_path).entries()
+    assert entry["effective_status"] == "success"
+
+
+def test_kill_from_outside_mid_run_then_resume(tmp_path: Path) -> None:
+    steps = 800
+    proc = popen_hil("run", "test-steps", "--chip", SMALL_CHIP, "--set", f"steps={steps}", "--seed", "2", "--out", str(tmp_path / "k"))
+    seen = 0
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        files = list((tmp_path / "k").glob("*.h5"))
+        if files:
+            try:
+                with RunReader(files[0]) as r:  # read while it is written
+                    seen = len(r.journal)
+            except HilError:
+                pass
+            if seen >= 1000:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    (path,) = (tmp_path / "k").glob("*.h5")
+    with RunReader(path) as r:
+        assert r.effective_status == "incomplete" and seen <= len(r.journal) < 5 * steps
+    assert resume_run(path).status == "success"
+    ref = run_protocol("test-steps", chip=SMALL_CHIP, sets=[f"steps={steps}"], seed=2, out=tmp_path / "ref")
+    assert_same_data(ref.path, path)
+
+
+def test_resume_refuses_finished_runs_and_a_different_chip_leaves_the_run_untouched(tmp_path: Path, uninterrupted: Path) -> None:
+    with pytest.raises(HilError, match="finished with status 'success'; only incomplete or aborted runs"):
+        resume_run(uninterrupted)
+    proc = run_hil_subprocess(
+        "run", "test-steps", "--chip", SMALL_CHIP, "--set", f"steps={STEPS}", "--seed", str(SEED), "--out", str(tmp_path),
+        env={"HIL_TEST_KILL_AT_STEP": "3", "HIL_TEST_KILL_WAIT_S": "1.2"},
+    )
+    assert proc.returncode == -signal.SIGKILL
+    (path,) = tmp_path.glob("*.h5")
+    before = sha256(path)
+    # The emulator with another seed answers differently: re-execution detects it at the first read.
+    res = resume_run(path, chip=_other_seed_chip())
+    assert res.status == "fail" and res.reason == "replay_mismatch" and res.exit_code == 4
+    assert "differs at call #1" in res.message and "read_devices" in res.message
+    assert sha256(path) == before and not list(tmp_path.glob(".*resuming"))
+    with RunReader(path) as r:
+        assert r.effective_status == "incomplete"
+    assert resume_run(path).status == "success"  # the right chip still resumes it
+
+
+def _other_seed_chip():
+    from emulator import EmulatedChip
+
+    return EmulatedChip.from_spec("hermes,cores=2,rows=16,cols=16", seed=SEED + 1)
+
+
+def test_resume_on_hardware_like_chip_answers_from_the_journal_then_goes_live(tmp_path: Path, uninterrupted: Path, monkeypatch) -> None:
+    from emulator import EmulatedChip
+
+    class HardwareLikeChip(EmulatedChip):
+        """State survives the controlling process (like the lab board): resume must not re-execute."""
+
+        resume_by_reexecution = False
+
+    board = HardwareLikeChip.from_spec("hermes,cores=2,rows=16,cols=16", seed=SEED)
+    monkeypatch.setenv("HIL_TEST_INTERRUPT_AT_STEP", "6")
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol("test-steps", chip=board, chip_spec=SMALL_CHIP, sets=[f"steps={STEPS}"], seed=SEED, out=tmp_path)
+    monkeypatch.delenv("HIL_TEST_INTERRUPT_AT_STEP")
+    (path,) = tmp_path.glob("*.h5")
+    with RunReader(path) as r:
+        assert r.status == "abort" and len(r.journal) == 30
+    t_board = board.now()
+    res = resume_run(path, chip=board)
+    assert res.status == "success"
+    assert board.now() > t_board  # went live on the same board after the 30 recorded calls
+    assert_same_data(uninterrupted, path)
+
+
+def test_resume_rebuilds_chip_state_from_preceding_runs(tmp_path: Path) -> None:
+    from emulator import EmulatedChip
+
+    def chain(out: Path, interrupt: bool) -> tuple[Path, Path]:
+        chip = EmulatedChip.from_spec("hermes,cores=2,rows=16,cols=16", seed=9)
+        first = run_protocol("test-steps", chip=chip, chip_spec=SMALL_CHIP, sets=["steps=5"], seed=9, out=out)
+        kwargs = dict(chip=chip, chip_spec=SMALL_CHIP, sets=["steps=8", "devices=3"], seed=10, out=out, preceded_by=[first.path])
+        if not interrupt:
+            return first.path, run_protocol("test-steps", **kwargs).path
+        import os
+
+        os.environ["HIL_TEST_INTERRUPT_AT_STEP"] = "4"
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run_protocol("test-steps", **kwargs)
+        finally:
+            del os.environ["HIL_TEST_INTERRUPT_AT_STEP"]
+        second = max(out.glob("*.h5"), key=lambda p: RunReader(p).attrs["started_unix"])
+        return first.path, second
+
+    _, ref_second = chain(tmp_path / "ref", interrupt=False)
+    _, second = chain(tmp_path / "cut", interrupt=True)
+    res = resume_run(second)  # a fresh emulator: the first run's journal is re-executed before this one's
+    assert res.status == "success", res.message
+    assert_same_data(ref_second, second)
