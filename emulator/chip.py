@@ -293,7 +293,8 @@ class EmulatedChip(Chip):
         idx = torch.from_numpy(flat).to(self.device)
         ts = (self._t - self._tp.view(-1)[idx]).float()
         gd = self._g.view(-1)[idx] * drift_factor(ts, self._nu.view(-1)[idx], self.preset.noise)
-        sig = gd * self._q.view(-1)[idx] * read_noise_time_factor(ts, self.preset.noise)
+        nm = self.preset.noise
+        sig = gd * self._q.view(-1)[idx] * (read_noise_time_factor(ts, nm) * nm.verify_noise_scale)
         z = torch.randn(gd.shape, generator=self._noise_gens[0], device=self.device)
         return gd + sig * z
 
@@ -338,7 +339,7 @@ class EmulatedChip(Chip):
             with torch.no_grad():
                 ts = (self._t - self._tp[cs]).float()
                 gd = self._g[cs] * drift_factor(ts, self._nu[cs], nm)
-                var = (gd * self._q[cs] * read_noise_time_factor(ts, nm)).square_().sum(-1)
+                var = (gd * self._q[cs] * (read_noise_time_factor(ts, nm) * nm.mvm_noise_scale)).square_().sum(-1)
                 wp, wn = gd[..., :half].sum(-1), gd[..., half:].sum(-1)
                 if per.ir_drop:
                     # First-order static IR drop, worst case of full inputs: the bit-line voltage

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import queue
 import secrets
 import signal
 import sys
@@ -86,12 +87,56 @@ class ReplyCache:
                 self._forgotten.discard(self._forgotten_order.popleft())
 
 
+class CallerThreadRunner:
+    """Runs chip calls on the thread that calls :meth:`serve` (normally the main thread).
+
+    Why: torch's OpenMP pool belongs to the thread that first used it; the same MVM issued from a
+    second thread of the process runs about twice as slowly (measured on the 2-core CI machine).
+    The chip is built on the main thread, so its calls are executed there too, while the event
+    loop runs on another thread.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Queue ``fn(*args)`` for the serving thread and await its result (event-loop side)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((fn, args, loop, future))
+        return await future
+
+    def serve(self, stop: threading.Event) -> None:
+        """Execute queued calls until ``stop`` is set (blocking; the caller's thread)."""
+        while not stop.is_set():
+            try:
+                fn, args, loop, future = self._jobs.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                outcome, failed = fn(*args), False
+            except BaseException as exc:  # handed to the awaiting coroutine
+                outcome, failed = exc, True
+            loop.call_soon_threadsafe(_settle, future, outcome, failed)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if future.done():
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class BoardServer:
     """Serve ``chip`` over the board protocol.
 
     ``max_block_bytes``: largest array accepted in one request (bytes). ``part_timeout_s``: once a
     command line has arrived, its blocks must follow within this time (s), else the connection is
     closed. ``cache_entries`` / ``cache_bytes``: how many replies are kept for retries.
+    ``runner``: where chip calls execute (default: a worker thread via ``asyncio.to_thread``;
+    ``hil emulate`` uses a :class:`CallerThreadRunner` on its main thread).
     """
 
     def __init__(
@@ -102,8 +147,10 @@ class BoardServer:
         part_timeout_s: float = 30.0,
         cache_entries: int = 1024,
         cache_bytes: int = 256 * 2**20,
+        runner: CallerThreadRunner | None = None,
     ) -> None:
         self.chip = chip
+        self._run: Callable[..., Any] = runner.run if runner is not None else asyncio.to_thread
         self.max_block_bytes = max_block_bytes
         self.part_timeout_s = part_timeout_s
         self.boot_id = secrets.token_hex(8)
@@ -198,7 +245,7 @@ class BoardServer:
     async def _dispatch(self, msg: Message) -> Chunks:
         rid = msg.rid
         if msg.verb == "HELLO":  # handshakes are per connection: never replayed
-            return await asyncio.to_thread(self._execute, msg)
+            return await self._run(self._execute, msg)
         cached = self.cache.get(rid)
         if cached is not None:
             verb, chunks = cached
@@ -217,7 +264,7 @@ class BoardServer:
         future: asyncio.Future[Chunks] = asyncio.get_running_loop().create_future()
         self._inflight[rid] = future
         try:
-            chunks = await asyncio.to_thread(self._execute, msg)
+            chunks = await self._run(self._execute, msg)
         except BaseException as exc:  # e.g. cancelled at shutdown: retries must not hang on the future
             chunks = error_reply(rid, "INTERNAL", f"request {rid} aborted: {type(exc).__name__}")
             raise
@@ -399,34 +446,39 @@ def main(argv: list[str] | None = None) -> int:
     except (HilError, ValueError) as exc:
         print(f"hil emulate: {exc}", file=sys.stderr)
         return 2
-    server = BoardServer(
+    runner = CallerThreadRunner()
+    srv = ServerThread(
         chip,
+        args.host,
+        args.port,
         max_block_bytes=int(args.max_block_mib * 2**20),
         part_timeout_s=args.part_timeout,
         cache_entries=args.cache_entries,
+        runner=runner,
     )
-
-    async def run() -> None:
-        try:
-            port = await server.start(args.host, args.port)
-        except OSError as exc:
-            print(f"hil emulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
-        g = chip.geometry
-        print(
-            f"hil emulate: listening on {args.host}:{port} (preset {args.preset}, seed {args.seed}, "
-            f"{g.n_cores} cores x {g.n_rows} x {g.n_cols}, boot {server.boot_id})",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(run())
+    try:
+        srv.start()
+    except OSError as exc:
+        print(f"hil emulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    g = chip.geometry
+    print(
+        f"hil emulate: listening on {args.host}:{srv.port} (preset {args.preset}, seed {args.seed}, "
+        f"{g.n_cores} cores x {g.n_rows} x {g.n_cols}, boot {srv.server.boot_id})",
+        flush=True,
+    )
+    try:
+        runner.serve(stop)  # chip calls run here, on the main thread, until SIGINT/SIGTERM
+    finally:
+        stopper = threading.Thread(target=srv.stop, daemon=True)
+        stopper.start()
+        # Requests still queued while the loop shuts down are served until it is gone.
+        done = threading.Event()
+        threading.Thread(target=lambda: (stopper.join(), done.set()), daemon=True).start()
+        runner.serve(done)
     return 0
 
 

@@ -63,7 +63,7 @@ def test_device_statistics_match_the_preset_formulas(preset: str) -> None:
         want_nu_mean, want_nu_std = folded_normal_moments(mu, sd)
         want_drift = expected_drift_factor(mu, sd, log_t)
         want_read = float(q_s(torch.from_numpy(g_prog[i][g_prog[i] > 0] / g_max), nm).square().mean().sqrt())
-        want_read *= read_noise_time_factor(0.0, nm)
+        want_read *= read_noise_time_factor(0.0, nm) * nm.verify_noise_scale
         got_sigma = float(g_prog[i].std())
         got_nu_mean, got_nu_std = float(nu[i].mean()), float(nu[i].std())
         pos = g_prog[i] > 0  # devices clipped at 0 uS by programming noise neither drift nor read-noise
@@ -87,7 +87,7 @@ def test_mvm_read_noise_variance_equals_the_device_level_model() -> None:
     """The per-MVM noise (a matmul of x^2 with device variances) has the variance that sampling every
     device would give: checked on 131,072 output samples."""
     geo = Geometry(n_cores=4, n_rows=256, n_cols=128)
-    chip = EmulatedChip(seed=5, geometry=geo, overrides={"adc": {"gain_sigma": 0.0, "nonlinearity_per_ua": 0.0},
+    chip = EmulatedChip(seed=5, geometry=geo, overrides={"adc": {"gain_sigma": 0.0, "nonlinearity_per_ua": 0.0}, "noise": {"mvm_noise_scale": 1.0},
                                                        "numerics": {"matmul_dtype": "float32", "noise_dtype": "float32"}})
     rng = np.random.default_rng(0)
     target = np.zeros((4, 256, 128, 4), np.float32)
@@ -97,7 +97,8 @@ def test_mvm_read_noise_variance_equals_the_device_level_model() -> None:
     reps = 256
     ys = np.stack([chip.mvm(np.repeat(x, 1, 0)) for _ in range(reps)]).astype(np.float64)[:, :, 0, :]
     g = chip.true_conductances()
-    sig = g * chip._q.cpu().numpy() * read_noise_time_factor(chip.now(), chip.preset.noise)
+    nm = chip.preset.noise
+    sig = g * chip._q.cpu().numpy() * read_noise_time_factor(chip.now(), nm) * nm.mvm_noise_scale
     var_charge = np.einsum("r,crk->ck", x[0].astype(np.float64) ** 2, (sig**2).sum(-1))
     k = chip.preset.adc.gain_ghz_per_ua * chip.preset.periphery.v_read_v
     want = var_charge * k * k + 2 / 12  # two counters, each floored (uniform quantisation error)
