@@ -7,7 +7,7 @@
   limits) and :class:`~drivers.station.Station`, which opens them and shuts them down safely.
 * :mod:`drivers.board`: :class:`~drivers.board.LabChip`, a :class:`hil.Chip` that talks to the
   chip's control board over TCP (pyvisa-py SOCKET) with the protocol of
-  :mod:`drivers.board_protocol` (spec: ``docs/board-protocol.md``).
+  :mod:`hil.board_protocol` (spec: ``docs/board-protocol.md``).
 
 Importing this package is cheap: the driver modules load on first use.
 """

@@ -1,7 +1,7 @@
 """The lab chip: a :class:`hil.Chip` on the chip's control board, over pyvisa (pyvisa-py TCPIP SOCKET).
 
 Every chip call becomes one request of the board protocol (``docs/board-protocol.md``,
-:mod:`drivers.board_protocol`): a command line with a request id plus IEEE 488.2 blocks for
+:mod:`hil.board_protocol`): a command line with a request id plus IEEE 488.2 blocks for
 arrays. The public :class:`hil.Chip` methods validate arguments here first, so bad input is
 refused before anything is sent, and the board validates again.
 
@@ -32,7 +32,7 @@ from pyvisa import constants
 from pyvisa import errors as visa_errors
 from pyvisa.resources import MessageBasedResource
 
-from drivers.board_protocol import (
+from hil.board_protocol import (
     PROTOCOL_VERSION,
     BoardProtocolError,
     Message,

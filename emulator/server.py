@@ -4,7 +4,7 @@
 emulator.server ...``) serves an :class:`emulator.EmulatedChip` exactly as the chip's control
 board would, so protocols run through the real lab path: protocol -> :class:`drivers.board.LabChip`
 -> pyvisa -> TCP -> this server. The protocol is specified in ``docs/board-protocol.md``; its
-encoding lives in :mod:`drivers.board_protocol` (shared with the client).
+encoding lives in :mod:`hil.board_protocol` (shared with the client).
 
 :class:`BoardServer` serves any :class:`hil.Chip`. Requests run one at a time on a worker thread
 (the chip is not thread-safe), so the event loop keeps answering other connections, including
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 import hil
-from drivers.board_protocol import (
+from hil.board_protocol import (
     DEFAULT_MAX_BLOCK_BYTES,
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
@@ -50,6 +50,8 @@ from hil.errors import ChipInputError, HilError, SafetyLimitError
 log = logging.getLogger("emulator.server")
 
 Chunks = list[Any]
+#: Size of the slices large reply blocks are written in (bytes).
+_SLICE_BYTES = 1 << 20
 
 
 class ReplyCache:
@@ -235,7 +237,16 @@ class BoardServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, chunks: Chunks) -> None:
-        writer.writelines(chunks)
+        # Large blocks go out in 1 MiB slices with a drain after each: the transport then sends
+        # straight from the array instead of copying tens of MiB into its own buffer first.
+        for chunk in chunks:
+            view = memoryview(chunk)
+            if view.nbytes <= _SLICE_BYTES:
+                writer.write(view)
+                continue
+            for start in range(0, view.nbytes, _SLICE_BYTES):
+                writer.write(view[start : start + _SLICE_BYTES])
+                await writer.drain()
         await writer.drain()
 
     def _idn(self) -> str:

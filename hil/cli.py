@@ -176,6 +176,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     path = _resolve_run(args.run, args.runs)
     with RunReader(path) as reader:
         data = _show_data(reader)
+        if args.verify:
+            data["verified"] = reader.verify()
     status = data["effective_status"]
     reason = f" ({data.get('exit_reason')})" if data.get("exit_reason") else ""
     lines = [
@@ -201,6 +203,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines.append(f"journal:  {j['calls']} chip calls {json.dumps(j['by_op'])}{raised}")
     for note in data["notes"][-5:]:
         lines.append(f"note:     {note.splitlines()[-1] if note else ''}")
+    if "verified" in data:
+        v = data["verified"]
+        lines.append(f"verified: {v['datasets']} datasets, {v['bytes'] / 1e6:.2f} MB read back through their checksums")
     _emit(args, data, "\n".join(lines))
     return EXIT_OK
 
@@ -348,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("show", "show a run's metadata, streams, journal and status")
     runs(p)
+    p.add_argument("--verify", action="store_true", help="also read every dataset back through its checksums")
     p.set_defaults(func=cmd_show)
 
     p = add("replay", "re-run a recorded run against its own journal (no hardware) into a new run file")

@@ -664,6 +664,7 @@ class RunWriter:
             maxshape=(None, *series.shape),
             dtype=series.dtype,
             chunks=chunks,
+            fletcher32=True,  # a checksum per chunk: damaged data fails to read instead of reading wrong
             **kwargs,
         )
         for key, value in series.attrs.items():
@@ -689,13 +690,30 @@ def _open_h5(path: Path) -> h5py.File:
         raise RunFileError(f"cannot read {path}: {exc}") from exc
     if not signed:
         raise RunFileError(f"{path} is not an HDF5 file (no HDF5 signature), so it is not a hil run file.")
+    eof, flags = _superblock(path)
+    size = path.stat().st_size
+    if eof is not None and size < eof and not flags:
+        raise RunFileError(f"{path} is damaged (truncated or corrupted): {size} bytes on disk, its superblock says {eof}.")
+    # A file marked open for (SWMR) writing is being written, or its writer died inside a write:
+    # read it in SWMR mode. Any other file in plain mode, which fails fast on a damaged checksum
+    # (SWMR readers retry checksum failures with backoff, as a concurrent write may cause them).
     errors = []
-    for kwargs in ({"swmr": True}, {}):
+    for kwargs in ({"swmr": True}, {}) if flags else ({}, {"swmr": True}):
         try:
             return h5py.File(path, "r", locking=False, **kwargs)
         except _H5_ERRORS as exc:
             errors.append(str(exc))
-    raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {errors[-1]}")
+    raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {errors[0]}")
+
+
+def _superblock(path: Path) -> tuple[int | None, int]:
+    """(end-of-file address, status flags) of a version 2/3 superblock at offset 0; (None, 0) otherwise."""
+    with open(path, "rb") as fh:
+        sb = fh.read(48)
+    if len(sb) < 48 or sb[:8] != _HDF5_SIGNATURE or sb[8] not in (2, 3) or sb[9] != 8:
+        return None, 0
+    base = int.from_bytes(sb[12:20], "little")
+    return base + int.from_bytes(sb[28:36], "little"), sb[11] & 0x05  # bit 0: write, bit 2: SWMR write
 
 
 @dataclass(frozen=True)
@@ -1013,6 +1031,29 @@ class RunReader:
 
     def size_bytes(self) -> int:
         return self.path.stat().st_size
+
+    def verify(self) -> dict[str, int]:
+        """Read every dataset through its checksums; raises :class:`RunFileError` naming a damaged one."""
+        counts = {"datasets": 0, "bytes": 0}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                try:
+                    step = max(1, (16 << 20) // max(1, obj.dtype.itemsize * int(np.prod(obj.shape[1:], dtype=np.int64))))
+                    for lo in range(0, obj.shape[0] if obj.ndim else 1, step):
+                        block = obj[lo : lo + step] if obj.ndim else obj[()]
+                        counts["bytes"] += int(np.asarray(block).nbytes)
+                except _H5_ERRORS as exc:
+                    raise RunFileError(f"{self.path} is damaged (corrupted): dataset /{name} cannot be read ({exc}).") from exc
+                counts["datasets"] += 1
+
+        try:
+            self._f.visititems(visit)
+        except RunFileError:
+            raise
+        except _H5_ERRORS as exc:
+            raise RunFileError(f"{self.path} is damaged (corrupted): {exc}") from exc
+        return counts
 
 
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 import hil
-from drivers.board_protocol import block_header, parse_line
+from hil.board_protocol import block_header, parse_line
 from hil.protocol import RunLog
 
 

@@ -133,7 +133,7 @@ def test_replies_are_remembered_within_bounds_and_old_ids_are_refused():
         lab.sleep(1.0)
         lab.sleep(1.0)
         # Re-send the first request by hand with its old id: executed once, so not run again.
-        from drivers.board_protocol import encode_message, join_chunks
+        from hil.board_protocol import encode_message, join_chunks
 
         res = lab._ensure_connected()
         res.write_raw(join_chunks(encode_message("SLEEP", first_rid, {"s": 1.0})))

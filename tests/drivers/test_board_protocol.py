@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from drivers.board_protocol import (
+from hil.board_protocol import (
     BoardProtocolError,
     decode_block,
     encode_message,
@@ -124,7 +124,7 @@ def test_typed_getters_name_the_parameter():
 
 
 def test_decode_block_checks_length():
-    from drivers.board_protocol import ArraySpec
+    from hil.board_protocol import ArraySpec
 
     with pytest.raises(BoardProtocolError, match="needs 8"):
         decode_block(ArraySpec("i4", "i4", (2,)), b"1234")
