@@ -32,6 +32,7 @@ from pyvisa import constants
 from pyvisa import errors as visa_errors
 from pyvisa.resources import MessageBasedResource
 
+from drivers.instrument import default_resource_manager
 from hil.board_protocol import (
     PROTOCOL_VERSION,
     BoardProtocolError,
@@ -43,7 +44,6 @@ from hil.board_protocol import (
     parse_block_header,
     parse_line,
 )
-from drivers.instrument import default_resource_manager
 from hil.chip import WRITE_HEAD_LIMIT_UA, Chip, ChipInfo, Geometry, LdpuRegisters, PulseBatch
 from hil.errors import ChipCommunicationError, ChipInputError, HilError, SafetyLimitError, check_range
 
