@@ -2,8 +2,10 @@
 
 1. Journaling overhead: a protocol making ``--calls`` (10,000) small chip calls on a small emulated
    chip, run bare (``MemoryRunLog``, no journal) and through the engine (recording wrapper, HDF5 run
-   file); overhead = journaled / bare - 1 of the protocol's time (best of ``--repeats``), and of the
-   whole run including creating and closing the file.
+   file), in ``--repeats`` pairs; overhead = median of journaled / bare - 1, for the protocol's wall
+   time, the whole run's wall time (with creating and closing the file) and the process CPU time.
+   A steadier figure on a shared machine: the CPU time recording adds per call, measured against an
+   instant chip (protocol thread and writer thread), as a fraction of the emulator's time per call.
 2. Write throughput for large MVM batches: ``--mvm-calls`` calls of x (1, B, 256) int8 shared over
    C cores and y (C, B, 256) int32 ADC counts, journaled by :class:`hil.runfile.RunWriter` (auto
    compression and none) next to a plain h5py write of the same arrays into one chunked dataset.
@@ -24,7 +26,7 @@ import h5py
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from hil.chip import Chip, PulseKind
+from hil.chip import Chip, ChipInfo, Geometry, PulseKind
 from hil.protocol import MemoryRunLog, RunLog, register_protocol
 from hil.runfile import LIBVER, RunWriter
 
@@ -58,39 +60,111 @@ def small_calls(chip: Chip, config: SmallCallsConfig, run: RunLog) -> dict[str, 
 
 
 def bench_overhead(calls: int, repeats: int, spec: str) -> dict[str, Any]:
+    """Paired runs (bare, journaled) ``repeats`` times; medians of wall and process-CPU times.
+
+    Process CPU time (all threads, including the run writer's) is the steadier figure on a shared
+    machine, where other processes steal wall time from one run or the other.
+    """
     from hil.backends import backend_class
     from hil.engine import run_protocol
 
     emulator = backend_class("emulator")
     cfg = SmallCallsConfig(calls=calls)
-    bare, journaled, total = [], [], []
+    rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             chip = emulator.from_spec(spec, seed=0)
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             small_calls(chip, cfg, MemoryRunLog(seed=0))
-            bare.append(time.perf_counter() - t0)
+            bare_wall, bare_cpu = time.perf_counter() - w0, time.process_time() - c0
             chip = emulator.from_spec(spec, seed=0)
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             res = run_protocol("bench-small-calls", chip=chip, chip_spec=f"emulator:{spec}", config=cfg, out=tmp, progress=False)
-            total.append(time.perf_counter() - t0)
-            journaled.append(res.wall_s)
+            rows.append({
+                "bare_wall": bare_wall, "bare_cpu": bare_cpu, "run_wall": res.wall_s,
+                "total_wall": time.perf_counter() - w0, "total_cpu": time.process_time() - c0,
+            })
             if res.n_calls != cfg.calls // 4 * 4:
                 raise RuntimeError(f"journal holds {res.n_calls} calls, expected {cfg.calls}")
             size = Path(res.path).stat().st_size
-    b, j, t = min(bare), min(journaled), min(total)
+    med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+    ratio = {
+        "wall": float(np.median([r["run_wall"] / r["bare_wall"] - 1 for r in rows])),
+        "total_wall": float(np.median([r["total_wall"] / r["bare_wall"] - 1 for r in rows])),
+        "total_cpu": float(np.median([r["total_cpu"] / r["bare_cpu"] - 1 for r in rows])),
+    }
+    n = cfg.calls // 4 * 4
     return {
         "chip": f"emulator:{spec}",
-        "calls": cfg.calls // 4 * 4,
-        "bare_s": round(b, 4),
-        "journaled_s": round(j, 4),
-        "journaled_total_s": round(t, 4),
-        "overhead_pct": round(100 * (j / b - 1), 2),
-        "overhead_total_pct": round(100 * (t / b - 1), 2),
-        "us_per_call_bare": round(1e6 * b / calls, 1),
-        "us_per_call_added": round(1e6 * (j - b) / calls, 1),
+        "calls": n,
+        "bare_s": round(med["bare_wall"], 4),
+        "journaled_s": round(med["run_wall"], 4),
+        "overhead_pct": round(100 * ratio["wall"], 2),
+        "overhead_total_pct": round(100 * ratio["total_wall"], 2),
+        "overhead_cpu_pct": round(100 * ratio["total_cpu"], 2),
+        "us_per_call_bare": round(1e6 * med["bare_wall"] / n, 1),
+        "us_per_call_added_cpu": round(1e6 * (med["total_cpu"] - med["bare_cpu"]) / n, 1),
         "run_file_MB": round(size / 1e6, 3),
         "repeats": repeats,
+    }
+
+
+class InstantChip(Chip):
+    """A chip that answers at once (zeros): isolates the recording's own cost from the emulator's."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.geometry = geometry
+        self._t = 0.0
+
+    @property
+    def info(self) -> ChipInfo:
+        return ChipInfo(backend="instant", name="instant benchmark chip")
+
+    def now(self) -> float:
+        return self._t
+
+    def _sleep(self, seconds: float) -> None:
+        self._t += seconds
+
+    def _apply_pulses(self, batch: Any) -> None:
+        self._t += 1e-6
+
+    def _read_devices(self, core: np.ndarray, row: np.ndarray, col: np.ndarray, device: np.ndarray) -> np.ndarray:
+        return np.zeros(core.size, np.int32)
+
+    def _read_cells(self, core: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        return np.zeros(core.size, np.int32)
+
+    def _mvm(self, x: Any, cores: np.ndarray, output: str, mode: str) -> np.ndarray:
+        return np.zeros((cores.size, x.shape[1], self.geometry.n_cols), np.int32)
+
+    def _set_ldpu(self, cores: np.ndarray, regs: Any) -> None:
+        pass
+
+    def _get_ldpu(self, cores: np.ndarray) -> Any:
+        raise NotImplementedError
+
+
+def bench_cost(calls: int, repeats: int, geometry: Geometry) -> dict[str, Any]:
+    """CPU microseconds per call that recording adds: protocol thread and writer thread separately."""
+    from hil.journal import RecordingChip
+
+    main_add, writer_cpu = [], []
+    cfg = SmallCallsConfig(calls=calls)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            t0 = time.thread_time()
+            small_calls(InstantChip(geometry), cfg, MemoryRunLog(seed=0))
+            bare = time.thread_time() - t0
+            writer = RunWriter(Path(tmp) / f"cost{i}.h5", {"run_id": f"cost{i}", "protocol": "bench"})
+            t0 = time.thread_time()
+            small_calls(RecordingChip(InstantChip(geometry), writer), cfg, MemoryRunLog(seed=0))
+            main_add.append(time.thread_time() - t0 - bare)
+            writer.close(status="success")
+            writer_cpu.append(writer.cpu_s)
+    return {
+        "protocol_thread_us_per_call": round(1e6 * float(np.median(main_add)) / calls, 1),
+        "writer_thread_us_per_call": round(1e6 * float(np.median(writer_cpu)) / calls, 1),
     }
 
 
@@ -102,43 +176,54 @@ def _mvm_arrays(n_calls: int, cores: int, batch: int, cols: int) -> tuple[np.nda
     return x, ys
 
 
-def bench_throughput(n_calls: int, cores: int, batch: int) -> dict[str, Any]:
+def _write_hil(path: Path, mode: str, x: np.ndarray, ys: list[np.ndarray]) -> None:
+    cores = np.arange(ys[0].shape[0])
+    w = RunWriter(path, {"run_id": "bench", "protocol": "bench"}, compression=mode)
+    for i, y in enumerate(ys):
+        w.journal(
+            "mvm", {"x": x, "x_shared": 1, "cores": cores, "output": 0, "mode": 0, "y": y},
+            t_chip=float(i), t_wall=time.time(), dt_wall=0.0,
+        )
+    w.close(status="success")
+
+
+def _write_plain(path: Path, x: np.ndarray, ys: list[np.ndarray]) -> None:
+    shape = ys[0].shape
+    with h5py.File(path, "w", libver=LIBVER) as f:
+        f.create_dataset("x", data=x)
+        dy = f.create_dataset("y", shape=(0, *shape), maxshape=(None, *shape), dtype=np.int32, chunks=(1, 1, *shape[1:]))
+        for y in ys:
+            n = dy.shape[0]
+            dy.resize(n + 1, axis=0)
+            dy[n] = y
+
+
+def bench_throughput(n_calls: int, cores: int, batch: int, repeats: int = 3) -> dict[str, Any]:
+    """MB/s to a closed file (median of ``repeats``, methods interleaved) and file sizes."""
     cols = 256
     x, ys = _mvm_arrays(n_calls, cores, batch, cols)
-    cores_a = np.arange(cores)
     nbytes = sum(x.nbytes + y.nbytes for y in ys)
     out: dict[str, Any] = {
         "calls": n_calls, "x_shape": list(x.shape), "y_shape": [cores, batch, cols], "MB": round(nbytes / 1e6, 1)
     }
+    methods = {
+        "hil_auto": lambda p: _write_hil(p, "auto", x, ys),
+        "hil_none": lambda p: _write_hil(p, "none", x, ys),
+        "h5py_plain": lambda p: _write_plain(p, x, ys),
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("auto", "none"):
-            path = Path(tmp) / f"hil-{mode}.h5"
-            t0 = time.perf_counter()
-            w = RunWriter(path, {"run_id": "bench", "protocol": "bench"}, compression=mode)
-            for i, y in enumerate(ys):
-                w.journal(
-                    "mvm",
-                    {"x": x, "x_shared": 1, "cores": cores_a, "output": 0, "mode": 0, "y": y},
-                    t_chip=float(i), t_wall=time.time(), dt_wall=0.0,
-                )
-            w.close(status="success")
-            dt = time.perf_counter() - t0
-            out[f"hil_{mode}_MBps"] = round(nbytes / 1e6 / dt, 1)
-            out[f"hil_{mode}_file_MB"] = round(path.stat().st_size / 1e6, 1)
-        path = Path(tmp) / "plain.h5"
-        t0 = time.perf_counter()
-        with h5py.File(path, "w", libver=LIBVER) as f:
-            dx = f.create_dataset("x", data=x)
-            dy = f.create_dataset("y", shape=(0, cores, batch, cols), maxshape=(None, cores, batch, cols),
-                                  dtype=np.int32, chunks=(1, 1, batch, cols))
-            for y in ys:
-                n = dy.shape[0]
-                dy.resize(n + 1, axis=0)
-                dy[n] = y
-            del dx
-        dt = time.perf_counter() - t0
-        out["h5py_plain_MBps"] = round(nbytes / 1e6 / dt, 1)
-        out["h5py_plain_file_MB"] = round(path.stat().st_size / 1e6, 1)
+        for rep in range(repeats + 1):  # the first round warms the page cache and is not counted
+            for name, write in methods.items():
+                path = Path(tmp) / f"{name}.h5"
+                path.unlink(missing_ok=True)
+                t0 = time.perf_counter()
+                write(path)
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
+                out[f"{name}_file_MB"] = round(path.stat().st_size / 1e6, 1)
+    for name, ts in times.items():
+        out[f"{name}_MBps"] = round(nbytes / 1e6 / float(np.median(ts)), 1)
     return out
 
 
@@ -146,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.bench_runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--calls", type=int, default=10_000, help="small chip calls for the overhead test")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats (best of) for the overhead test")
+    parser.add_argument("--repeats", type=int, default=5, help="paired repeats (median) for the overhead test")
     parser.add_argument("--chip", default="hermes,cores=2,rows=32,cols=32", help="emulator spec for the overhead test")
     parser.add_argument("--mvm-calls", type=int, default=16, help="MVM calls for the throughput test")
     parser.add_argument("--cores", type=int, default=16, help="cores per MVM call")
@@ -161,9 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, args.threads))
     except ImportError:  # pragma: no cover - torch comes with the emulator
         pass
+    overhead = bench_overhead(args.calls, args.repeats, args.chip)
+    from hil.backends import backend_class
+
+    cost = bench_cost(args.calls, args.repeats, backend_class("emulator").from_spec(args.chip, seed=0).geometry)
+    per_call = cost["protocol_thread_us_per_call"] + cost["writer_thread_us_per_call"]
+    overhead["cost_us_per_call"] = cost
+    overhead["overhead_from_cost_pct"] = round(100 * per_call / overhead["us_per_call_bare"], 2)
     results: dict[str, Any] = {
         "threads": args.threads,
-        "journal_overhead": bench_overhead(args.calls, args.repeats, args.chip),
+        "journal_overhead": overhead,
         "write_throughput": bench_throughput(args.mvm_calls, args.cores, args.batch),
     }
     if args.json:
@@ -171,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         o, w = results["journal_overhead"], results["write_throughput"]
         print(f"journaling overhead: {o['calls']} calls, bare {o['bare_s']} s, journaled {o['journaled_s']} s "
-              f"-> {o['overhead_pct']} % ({o['overhead_total_pct']} % with file create/close), "
-              f"+{o['us_per_call_added']} us/call")
+              f"-> {o['overhead_pct']} % wall ({o['overhead_total_pct']} % with file create/close), "
+              f"{o['overhead_cpu_pct']} % process CPU, +{o['us_per_call_added_cpu']} us CPU/call")
+        c = o["cost_us_per_call"]
+        print(f"recording cost on an instant chip: {c['protocol_thread_us_per_call']} us/call protocol thread + "
+              f"{c['writer_thread_us_per_call']} us/call writer thread = {o['overhead_from_cost_pct']} % of an emulator call "
+              f"({o['us_per_call_bare']} us)")
         print(f"MVM write throughput ({w['MB']} MB): hil auto {w['hil_auto_MBps']} MB/s ({w['hil_auto_file_MB']} MB file), "
               f"hil none {w['hil_none_MBps']} MB/s, plain h5py {w['h5py_plain_MBps']} MB/s")
     return 0

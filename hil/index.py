@@ -83,8 +83,13 @@ class RunIndex:
         if "run_id" not in entry or "file" not in entry:
             raise HilError(f"index entries need run_id and file, got keys {sorted(entry)}")
         line = json.dumps({k: v for k, v in entry.items() if k in ENTRY_KEYS}, default=str) + "\n"
-        with self._locked(), open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+        with self._locked(), open(self.path, "a+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end:
+                fh.seek(end - 1)
+                if fh.read(1) != b"\n":  # a line torn by a crash: do not glue this entry onto it
+                    line = "\n" + line
+            fh.write(line.encode("utf-8"))
 
     def _read(self) -> dict[str, dict[str, Any]]:
         merged: dict[str, dict[str, Any]] = {}

@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ LAYOUT_VERSION = 1
 #: HDF5 1.10 file format: the oldest that supports SWMR, and what Debian's hdf5-tools (1.10.8) read.
 LIBVER = ("v110", "v110")
 FLUSH_INTERVAL_S = 0.5
+_LARGE_BLOCK = 1 << 20  # blocks of at least this many bytes are written without joining them first
 MAX_PENDING_BYTES = 256 * 2**20
 #: How long a flush keeps retrying to open a busy file (HDF5 refuses to open for writing a file that
 #: this same process has open read-only, e.g. a RunReader left open during the run).
@@ -81,25 +82,149 @@ CALL_DTYPE = np.dtype(
 ERROR_DTYPE = np.dtype([("call", "<u8"), ("type", "S128"), ("message", f"S{NOTE_BYTES}")])
 NOTE_DTYPE = np.dtype([("t_wall", "<f8"), ("text", f"S{NOTE_BYTES}")])
 
-#: Fields of each journaled operation: (name, storage dtype, ndim); ndim 0 is one scalar per call,
-#: ndim >= 1 an array per call (stored flat with a ``<name>_shape`` companion). These are exactly
-#: the validated arguments that :class:`hil.Chip` hands to a backend's ``_`` method, and its result.
-JOURNAL_FIELDS: dict[str, tuple[tuple[str, str, int], ...]] = {
-    "now": (("t", "<f8", 0),),
-    "sleep": (("seconds", "<f8", 0),),
-    "apply_pulses": (
-        ("core", "<i4", 1), ("row", "<i4", 1), ("col", "<i4", 1), ("device", "u1", 1),
-        ("kind", "u1", 1), ("amplitude_ua", "<f8", 1), ("width_ns", "<f8", 1),
+def _table(**fields: str) -> np.dtype:
+    return np.dtype(list(fields.items()))
+
+
+_PULSES = _table(core="<i4", row="<i4", col="<i4", device="u1", kind="u1", amplitude_ua="<f8", width_ns="<f8")
+_DEVICE_READS = _table(core="<i4", row="<i4", col="<i4", device="u1", counts="<i4")
+_CELL_READS = _table(core="<i4", row="<i4", col="<i4", counts="<i4")
+_LDPU_CORES = _table(core="<i4", relu="u1")
+_LDPU_REGS = _table(scale="<f2", offset="<f2")
+
+
+def _records(dtype: np.dtype, fields: dict[str, Any], n: int) -> np.ndarray:
+    """One structured row per addressed element; a missing result field (a call that raised) is 0."""
+    out = np.zeros(n, dtype=dtype)
+    for name in dtype.names or ():
+        value = fields.get(name)
+        if value is not None:
+            out[name] = np.asarray(value).reshape(-1)
+    return out
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    """How one chip operation is journaled.
+
+    ``call``: per-call scalars (one row of ``/journal/<op>/call`` per call); ``tables``: element
+    tables ``/journal/<op>/<name>`` holding every call's elements back to back; ``lengths`` gives
+    each call's element count per table from its call row; ``encode``/``decode`` convert between
+    the fields a :class:`hil.Chip` backend method sees and this layout.
+    """
+
+    call: np.dtype
+    tables: tuple[tuple[str, np.dtype], ...]
+    encode: Callable[[dict[str, Any]], tuple[tuple[Any, ...], dict[str, np.ndarray]]]
+    lengths: Callable[[np.ndarray], dict[str, np.ndarray]]
+    decode: Callable[[np.void, dict[str, np.ndarray]], dict[str, Any]]
+
+
+def _elements_schema(table: str, dtype: np.dtype) -> OpSchema:
+    def encode(f: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, np.ndarray]]:
+        n = int(np.size(f["core"]))
+        return (n,), {table: _records(dtype, f, n)}
+
+    return OpSchema(
+        call=_table(n="<u4"),
+        tables=((table, dtype),),
+        encode=encode,
+        lengths=lambda calls: {table: calls["n"].astype(np.int64)},
+        decode=lambda row, t: {name: np.ascontiguousarray(t[table][name]) for name in dtype.names or ()},
+    )
+
+
+def _mvm_encode(f: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, np.ndarray]]:
+    x, cores = np.asarray(f["x"]), np.asarray(f["cores"]).reshape(-1)
+    y = f.get("y")
+    y = np.zeros((cores.size, x.shape[1], 0), dtype=np.int32) if y is None else np.asarray(y)
+    row = (cores.size, x.shape[1], x.shape[2], y.shape[2], f["x_shared"], f["output"], f["mode"])
+    return row, {
+        "cores": cores.astype("<i4"),
+        "x": x.astype("i1", copy=False).reshape(-1),
+        "y": y.astype("<i4", copy=False).reshape(-1),
+    }
+
+
+def _mvm_lengths(calls: np.ndarray) -> dict[str, np.ndarray]:
+    n, b = calls["n_cores"].astype(np.int64), calls["batch"].astype(np.int64)
+    n_x = np.where(calls["x_shared"] > 0, 1, n)
+    return {"cores": n, "x": n_x * b * calls["rows"], "y": n * b * calls["cols"]}
+
+
+def _mvm_decode(row: np.void, t: dict[str, np.ndarray]) -> dict[str, Any]:
+    n, b = int(row["n_cores"]), int(row["batch"])
+    n_x = 1 if row["x_shared"] else n
+    return {
+        "x": t["x"].reshape(n_x, b, int(row["rows"])),
+        "x_shared": int(row["x_shared"]),
+        "cores": t["cores"],
+        "output": int(row["output"]),
+        "mode": int(row["mode"]),
+        "y": t["y"].reshape(n, b, int(row["cols"])),
+    }
+
+
+def _ldpu_encode(f: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, np.ndarray]]:
+    cores = np.asarray(f["cores"]).reshape(-1)
+    scale = f.get("scale")
+    cols = 0 if scale is None else int(np.shape(scale)[-1])
+    return (cores.size, cols), {
+        "cores": _records(_LDPU_CORES, {"core": cores, "relu": f.get("relu")}, cores.size),
+        "registers": _records(_LDPU_REGS, f, cores.size * cols),
+    }
+
+
+def _ldpu_decode(row: np.void, t: dict[str, np.ndarray]) -> dict[str, Any]:
+    shape = (int(row["n_cores"]), int(row["cols"]))
+    return {
+        "cores": np.ascontiguousarray(t["cores"]["core"]),
+        "scale": np.ascontiguousarray(t["registers"]["scale"]).reshape(shape),
+        "offset": np.ascontiguousarray(t["registers"]["offset"]).reshape(shape),
+        "relu": np.ascontiguousarray(t["cores"]["relu"]),
+    }
+
+
+def _scalar_schema(name: str) -> OpSchema:
+    return OpSchema(
+        call=_table(**{name: "<f8"}),
+        tables=(),
+        encode=lambda f: ((float(f[name]),), {}),
+        lengths=lambda calls: {},
+        decode=lambda row, t: {name: float(row[name])},
+    )
+
+
+_LDPU = OpSchema(
+    call=_table(n_cores="<u4", cols="<u4"),
+    tables=(("cores", _LDPU_CORES), ("registers", _LDPU_REGS)),
+    encode=_ldpu_encode,
+    lengths=lambda calls: {
+        "cores": calls["n_cores"].astype(np.int64),
+        "registers": calls["n_cores"].astype(np.int64) * calls["cols"],
+    },
+    decode=_ldpu_decode,
+)
+
+#: The journal layout of every operation (fixed by layout version 1). The fields are exactly the
+#: validated arguments that :class:`hil.Chip` hands to a backend's ``_`` method, and its result.
+OP_SCHEMAS: dict[str, OpSchema] = {
+    "now": _scalar_schema("t"),
+    "sleep": _scalar_schema("seconds"),
+    "apply_pulses": _elements_schema("pulses", _PULSES),
+    "read_devices": _elements_schema("reads", _DEVICE_READS),
+    "read_cells": _elements_schema("reads", _CELL_READS),
+    "mvm": OpSchema(
+        call=_table(n_cores="<u4", batch="<u4", rows="<u4", cols="<u4", x_shared="u1", output="u1", mode="u1"),
+        tables=(("cores", np.dtype("<i4")), ("x", np.dtype("i1")), ("y", np.dtype("<i4"))),
+        encode=_mvm_encode,
+        lengths=_mvm_lengths,
+        decode=_mvm_decode,
     ),
-    "read_devices": (("core", "<i4", 1), ("row", "<i4", 1), ("col", "<i4", 1), ("device", "u1", 1), ("counts", "<i4", 1)),
-    "read_cells": (("core", "<i4", 1), ("row", "<i4", 1), ("col", "<i4", 1), ("counts", "<i4", 1)),
-    "mvm": (
-        ("x", "i1", 3), ("x_shared", "u1", 0), ("cores", "<i4", 1), ("output", "u1", 0), ("mode", "u1", 0),
-        ("y", "<i4", 3),
-    ),
-    "set_ldpu": (("cores", "<i4", 1), ("scale", "<f2", 2), ("offset", "<f2", 2), ("relu", "u1", 1)),
-    "get_ldpu": (("cores", "<i4", 1), ("scale", "<f2", 2), ("offset", "<f2", 2), ("relu", "u1", 1)),
+    "set_ldpu": _LDPU,
+    "get_ldpu": _LDPU,
 }
+
 MVM_OUTPUT_CODES = {"adc": 0, "ldpu": 1}
 MVM_MODE_CODES = {"4phase": 0, "1phase": 1}
 
@@ -188,18 +313,20 @@ def _shuffled(arr: np.ndarray) -> bytes:
 
 
 def _compression_pays(sample: np.ndarray) -> bool:
-    """Deflate only data it shrinks by a quarter or more (a trial on up to 256 kB of the first rows)."""
+    """Deflate only data it shrinks by a quarter or more (a trial on up to 64 kB of the first rows)."""
     flat = sample.reshape(-1)
-    raw = _shuffled(flat[: max(1, (256 * 1024) // max(1, flat.dtype.itemsize))])
+    raw = _shuffled(flat[: max(1, (64 * 1024) // max(1, flat.dtype.itemsize))])
     if len(raw) < 4096:
         return True  # tiny data: compressed chunks also avoid allocating whole empty chunks
     return len(zlib.compress(raw, 1)) < 0.75 * len(raw)
 
 
 def _chunks(trailing: tuple[int, ...], itemsize: int, first_rows: int) -> tuple[int, ...]:
-    """Chunk shape for a dataset growing along axis 0: about 16 kB-1 MB, never above 4 MB."""
+    """Chunk shape for a dataset growing along axis 0: 16 kB-1 MB (the first rows' size), at most 4 MB."""
     row_bytes = max(1, int(np.prod(trailing, dtype=np.int64)) * itemsize)
-    target = min(1 << 20, max(16 << 10, 4 * first_rows * row_bytes))
+    # About one flush's worth of rows: later flushes then mostly fill new chunks instead of
+    # re-reading and re-compressing a partly filled one.
+    target = min(1 << 20, max(16 << 10, first_rows * row_bytes))
     rows = int(min(1 << 16, max(1, target // row_bytes)))
     chunk = [rows, *trailing]
     while np.prod(chunk, dtype=np.int64) * itemsize > 4 << 20:
@@ -226,17 +353,37 @@ class _Series:
         self.n_written = 0
         self.created = False
 
-    def take(self) -> np.ndarray | None:
+    def take(self) -> list[np.ndarray] | None:
+        """The pending rows as a list of arrays (small blocks joined, large ones as they are)."""
         if not self.n_pending:
             return None
         if self.row_mode:
-            data = np.asarray(self.rows, dtype=self.dtype).reshape(-1, *self.shape)
+            segments = [np.asarray(self.rows, dtype=self.dtype).reshape(-1, *self.shape)]
             self.rows = []
         else:
-            data = self.blocks[0] if len(self.blocks) == 1 else np.concatenate(self.blocks)
+            segments, small = [], []
+            for block in self.blocks:
+                if block.nbytes >= _LARGE_BLOCK:
+                    if small:
+                        segments.append(self._join(small))
+                        small = []
+                    segments.append(block)  # written as it is: no extra copy of large arrays
+                else:
+                    small.append(block)
+            if small:
+                segments.append(self._join(small))
             self.blocks = []
         self.n_pending = 0
-        return data
+        return segments
+
+    def _join(self, blocks: list[np.ndarray]) -> np.ndarray:
+        if len(blocks) == 1:
+            return blocks[0]
+        if self.dtype.names:
+            # Structured rows: join the bytes (numpy's concatenate re-checks the fields of every block).
+            data = np.concatenate([np.ascontiguousarray(b).view(np.uint8).reshape(-1) for b in blocks])
+            return data.view(self.dtype).reshape(-1, *self.shape)
+        return np.concatenate(blocks)
 
 
 @dataclass
@@ -352,6 +499,7 @@ class RunWriter:
         self._group_attrs: dict[str, dict[str, Any]] = {}
         self._streams: dict[str, _StreamSpec] = {}
         self._op_rows = dict.fromkeys(JOURNAL_OPS, 0)
+        self._op_series: dict[str, tuple[_Series, dict[str, _Series]]] = {}
         self._n_calls = 0
         self._pending_bytes = 0
         self._flush_requested = 0
@@ -360,6 +508,8 @@ class RunWriter:
         self._closed = False
         self._error: BaseException | None = None
         self.n_flushes = 0
+        #: CPU seconds the writer thread used (set when it stops).
+        self.cpu_s = 0.0
         self._calls = self._new_series("journal/calls", CALL_DTYPE, row_mode=True)
         self._thread = threading.Thread(target=self._flush_loop, name=f"hil-runwriter-{self.path.name}", daemon=True)
         self._thread.start()
@@ -448,37 +598,30 @@ class RunWriter:
         dt_wall: float,
         error: BaseException | tuple[str, str] | None = None,
     ) -> int:
-        """Record one chip call; returns its index. Missing fields (a call that raised) are stored empty."""
+        """Record one chip call; returns its index. Missing result fields (a call that raised) are stored as 0."""
         self._raise_if_failed()
-        specs = JOURNAL_FIELDS.get(op)
-        if specs is None:
-            raise RunFileError(f"unknown journal op {op!r}; known: {', '.join(JOURNAL_OPS)}")
+        series = self._op_series.get(op)
+        if series is None:
+            schema = OP_SCHEMAS.get(op)
+            if schema is None:
+                raise RunFileError(f"unknown journal op {op!r}; known: {', '.join(JOURNAL_OPS)}")
+            series = (
+                self._new_series(f"journal/{op}/call", schema.call, row_mode=True),
+                {name: self._new_series(f"journal/{op}/{name}", dt, row_mode=False) for name, dt in schema.tables},
+            )
+            self._op_series[op] = series
+        row, tables = OP_SCHEMAS[op].encode(fields)
         with self._cond:
-            for name, dtype, ndim in specs:
-                value = fields.get(name)
-                key = f"journal/{op}/{name}"
-                if ndim == 0:
-                    series = self._series.get(key) or self._new_series(key, dtype, row_mode=True)
-                    series.rows.append(0 if value is None else value)
-                    series.n_pending += 1
-                    self._pending_bytes += 8
-                    continue
-                arr = np.zeros((0,) * ndim, dtype=dtype) if value is None else np.asarray(value)
-                if arr.ndim != ndim:
-                    raise RunFileError(f"journal field {op}.{name} has {arr.ndim} dims; layout {LAYOUT_VERSION} needs {ndim}.")
-                shape_series = self._series.get(key + "_shape") or self._new_series(
-                    key + "_shape", "<i8", (ndim,), row_mode=True
-                )
-                shape_series.rows.append(arr.shape)
-                shape_series.n_pending += 1
-                self._pending_bytes += 8 * ndim
-                if key not in self._series:
-                    self._new_series(key, dtype, row_mode=False)
-                self._push_block(key, np.array(arr, dtype=dtype, copy=True).reshape(-1))
+            call_series, table_series = series
+            call_series.rows.append(row)
+            call_series.n_pending += 1
+            for name, arr in tables.items():
+                # Copy: the caller may reuse its arrays after the call.
+                self._push_block_series(table_series[name], arr if arr.base is None and arr.flags.owndata else arr.copy())
             index = self._n_calls
             self._calls.rows.append((JOURNAL_OPS[op], self._op_rows[op], t_chip, t_wall, dt_wall, error is not None))
             self._calls.n_pending += 1
-            self._pending_bytes += CALL_DTYPE.itemsize
+            self._pending_bytes += CALL_DTYPE.itemsize + call_series.dtype.itemsize
             self._op_rows[op] += 1
             self._n_calls += 1
             if error is not None:
@@ -488,9 +631,9 @@ class RunWriter:
                     else error
                 )
                 key = "journal/errors"
-                series = self._series.get(key) or self._new_series(key, ERROR_DTYPE, row_mode=True)
-                series.rows.append((index, _clip_text(etype, 128), _clip_text(emsg)))
-                series.n_pending += 1
+                errors = self._series.get(key) or self._new_series(key, ERROR_DTYPE, row_mode=True)
+                errors.rows.append((index, _clip_text(etype, 128), _clip_text(emsg)))
+                errors.n_pending += 1
         self._backpressure()
         return index
 
@@ -567,7 +710,9 @@ class RunWriter:
         return series
 
     def _push_block(self, key: str, arr: np.ndarray) -> None:
-        series = self._series[key]
+        self._push_block_series(self._series[key], arr)
+
+    def _push_block_series(self, series: _Series, arr: np.ndarray) -> None:
         series.blocks.append(arr)
         series.n_pending += arr.shape[0]
         self._pending_bytes += arr.nbytes
@@ -590,6 +735,13 @@ class RunWriter:
         self._raise_if_failed()
 
     def _flush_loop(self) -> None:
+        t_cpu = time.thread_time()
+        try:
+            self._flush_loop_body()
+        finally:
+            self.cpu_s = time.thread_time() - t_cpu
+
+    def _flush_loop_body(self) -> None:
         last = time.monotonic()
         while True:
             with self._cond:
@@ -630,20 +782,22 @@ class RunWriter:
                     raise
                 time.sleep(0.05)
 
-    def _write(self, batch: list[tuple[_Series, np.ndarray]]) -> None:
+    def _write(self, batch: list[tuple[_Series, list[np.ndarray]]]) -> None:
         with self._io_lock, self._open_for_append() as f:
             # New datasets only outside SWMR mode; then SWMR orders the appends so a kill leaves a
             # consistent file.
-            for series, data in batch:
+            for series, segments in batch:
                 if not series.created:
-                    self._create(f, series, data)
+                    self._create(f, series, segments[0])
             f.swmr_mode = True
-            for series, data in batch:
+            for series, segments in batch:
                 ds = f[series.path]
                 n = ds.shape[0]
-                ds.resize(n + data.shape[0], axis=0)
-                ds[n:] = data
-                series.n_written += data.shape[0]
+                ds.resize(n + sum(seg.shape[0] for seg in segments), axis=0)
+                for seg in segments:
+                    ds[n : n + seg.shape[0]] = seg
+                    n += seg.shape[0]
+                    series.n_written += seg.shape[0]
         if self._fsync:
             fd = os.open(self.path, os.O_RDONLY)
             try:
@@ -732,44 +886,38 @@ class JournalCall:
 class Journal:
     """Random access to the recorded chip calls of a run file (only calls whose data is complete)."""
 
-    #: Flat journal datasets up to this size are read into memory at once; larger ones by slices.
+    #: Element tables up to this size are read into memory at once; larger ones by slices.
     CACHE_BYTES = 64 * 2**20
 
     def __init__(self, f: h5py.File, path: Path) -> None:
         self._path = path
         g = f.get("journal")
-        self._group = g
         calls = g["calls"][:] if g is not None and "calls" in g else np.zeros(0, dtype=CALL_DTYPE)
-        self._ops: dict[str, dict[str, Any]] = {}
+        self._ops: dict[str, tuple[np.ndarray, dict[str, tuple[np.ndarray, Any]]]] = {}
         limit = calls.shape[0]
-        for op_name, specs in JOURNAL_FIELDS.items():
+        for op_name, schema in OP_SCHEMAS.items():
             if g is None or op_name not in g:
                 continue
             og = g[op_name]
-            fields: dict[str, Any] = {}
-            n_rows = None
-            for name, _dtype, ndim in specs:
-                if ndim == 0:
-                    data = og[name][:] if name in og else None
-                    n = 0 if data is None else data.shape[0]
-                    fields[name] = ("scalar", data)
-                else:
-                    shapes = og[name + "_shape"][:] if name + "_shape" in og else np.zeros((0, ndim), np.int64)
-                    sizes = shapes.prod(axis=1) if shapes.size else np.zeros(shapes.shape[0], np.int64)
-                    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-                    ds = og.get(name)
-                    flat_len = 0 if ds is None else ds.shape[0]
-                    # Calls whose flat data did not reach the file before a kill are cut off.
-                    n = int(np.searchsorted(offsets, flat_len, side="right")) - 1
-                    n = min(n, shapes.shape[0])
-                    cached = ds[:] if ds is not None and ds.size * ds.dtype.itemsize <= self.CACHE_BYTES else None
-                    fields[name] = ("array", (shapes, offsets, ds, cached))
-                n_rows = n if n_rows is None else min(n_rows, n)
-            self._ops[op_name] = fields
-            # Keep only calls whose op row exists in every field of that op.
-            bad = np.flatnonzero((calls["op"] == JOURNAL_OPS[op_name]) & (calls["row"] >= (n_rows or 0)))
+            call = og["call"][:] if "call" in og else np.zeros(0, dtype=schema.call)
+            n_rows = call.shape[0]
+            tables: dict[str, tuple[np.ndarray, Any]] = {}
+            for name, length in schema.lengths(call).items():
+                offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
+                ds = og.get(name)
+                size = 0 if ds is None else ds.shape[0]
+                # Calls whose elements did not reach the file before a kill are cut off.
+                n_rows = min(n_rows, int(np.searchsorted(offsets, size, side="right")) - 1)
+                data = ds[:] if ds is not None and ds.size * ds.dtype.itemsize <= self.CACHE_BYTES else ds
+                tables[name] = (offsets, data)
+            self._ops[op_name] = (call, tables)
+            # Keep only calls whose op row is complete in every table of that op.
+            bad = np.flatnonzero((calls["op"] == JOURNAL_OPS[op_name]) & (calls["row"] >= n_rows))
             if bad.size:
                 limit = min(limit, int(bad[0]))
+        missing = np.setdiff1d(np.unique(calls["op"][:limit]), [JOURNAL_OPS[o] for o in self._ops])
+        if missing.size:  # calls of an op whose group never reached the file
+            limit = int(np.flatnonzero(np.isin(calls["op"], missing))[0])
         self.calls = calls[:limit]
         self.errors: dict[int, tuple[str, str]] = {}
         if g is not None and "errors" in g:
@@ -794,16 +942,12 @@ class Journal:
         rec = self.calls[i]
         op = OP_NAMES[int(rec["op"])]
         row = int(rec["row"])
-        fields: dict[str, Any] = {}
         try:
-            for name, (kind, data) in self._ops[op].items():
-                if kind == "scalar":
-                    fields[name] = data[row].item()
-                else:
-                    shapes, offsets, ds, cached = data
-                    lo, hi = int(offsets[row]), int(offsets[row + 1])
-                    flat = cached[lo:hi] if cached is not None else ds[lo:hi]
-                    fields[name] = flat.reshape(tuple(int(s) for s in shapes[row]))
+            call, tables = self._ops[op]
+            parts = {}
+            for name, (offsets, data) in tables.items():
+                parts[name] = data[int(offsets[row]) : int(offsets[row + 1])]
+            fields = OP_SCHEMAS[op].decode(call[row], parts)
         except _H5_ERRORS as exc:
             raise RunFileError(f"{self._path}: journal call {i} ({op}) cannot be read (corrupted?): {exc}") from exc
         return JournalCall(

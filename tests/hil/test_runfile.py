@@ -136,7 +136,7 @@ def test_journal_records_every_op_with_arrays_and_replay_answers_identically(tmp
         assert j.call(4).t_chip >= 86400.0 and all(j.call(i).t_wall > 1e9 for i in range(len(j)))
     # the raw datasets are numeric arrays, never text or pickles
     with h5py.File(path, "r") as f:
-        assert f["journal/mvm/y"].dtype == np.int32 and f["journal/apply_pulses/amplitude_ua"].dtype == np.float64
+        assert f["journal/mvm/y"].dtype == np.int32 and f["journal/apply_pulses/pulses"].dtype["amplitude_ua"] == np.float64
     replayed = _exercise(ReplayChip(path))
     for a, b in zip(live, replayed, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -249,6 +249,52 @@ def test_bad_files_are_refused_with_clear_errors_and_left_untouched(tmp_path: Pa
         RunReader(tmp_path / "newer.h5")
 
 
+def _everything(path: Path) -> dict:
+    """All metadata, stream data and journal fields of a run, read through its checksums."""
+    with RunReader(path) as r:
+        r.verify()
+        out = {"meta": r.metadata(), "streams": {s: r.stream(s) for s in r.streams()}}
+        out["calls"] = [(c.op, c.t_chip, c.fields) for c in r.journal]
+        out["meta"].pop("path")
+    return out
+
+
+def _assert_equal(a, b) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_equal(a[k], b[k])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_equal(x, y)
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_corruption_anywhere_is_reported_never_read_as_wrong_data(tmp_path: Path) -> None:
+    good = tmp_path / "good.h5"
+    _make_run(good)
+    data = good.read_bytes()
+    reference = _everything(good)
+    refused = 0
+    for frac in np.linspace(0.02, 0.98, 25):
+        damaged = bytearray(data)
+        at = int(len(data) * frac)
+        damaged[at : at + 300] = bytes(b ^ 0x5A for b in damaged[at : at + 300])
+        path = tmp_path / f"damaged-{frac:.2f}.h5"
+        path.write_bytes(bytes(damaged))
+        try:
+            seen = _everything(path)
+        except RunFileError as exc:
+            assert "damaged" in str(exc) and str(path) in str(exc)
+            refused += 1
+            continue
+        _assert_equal(reference, seen)  # the damage hit unused bytes only (free space, padding)
+    assert refused >= 12  # most of the file is checksummed metadata and data
+
+
 def test_h5ls_and_h5dump_read_a_run_file(tmp_path: Path) -> None:
     if not shutil.which("h5ls") or not shutil.which("h5dump"):
         pytest.skip("hdf5-tools (h5ls, h5dump) are not installed")
@@ -256,13 +302,15 @@ def test_h5ls_and_h5dump_read_a_run_file(tmp_path: Path) -> None:
     _make_run(path)
     ls = subprocess.run(["h5ls", "-r", str(path)], capture_output=True, text=True)
     assert ls.returncode == 0, ls.stderr
-    for name in ("/journal/calls", "/journal/mvm/y", "/streams/s/i", "/journal/set_ldpu/scale"):
+    for name in ("/journal/calls", "/journal/mvm/y", "/streams/s/i", "/journal/set_ldpu/registers", "/journal/apply_pulses/pulses"):
         assert name in ls.stdout
     dump = subprocess.run(["h5dump", "-d", "/journal/calls", str(path)], capture_output=True, text=True)
     assert dump.returncode == 0, dump.stderr
     assert "H5T_ENUM" in dump.stdout and "apply_pulses" in dump.stdout and "read_cells" in dump.stdout
     attrs = subprocess.run(["h5dump", "-a", "/hil_layout", str(path)], capture_output=True, text=True)
     assert attrs.returncode == 0 and '"hil-run"' in attrs.stdout
+    regs = subprocess.run(["h5dump", "-d", "/journal/set_ldpu/registers", str(path)], capture_output=True, text=True)
+    assert regs.returncode == 0 and '"scale"' in regs.stdout and '"offset"' in regs.stdout
     data = subprocess.run(["h5dump", "-d", "/streams/s/i", str(path)], capture_output=True, text=True)
     assert data.returncode == 0 and "(0): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in data.stdout
 
@@ -278,13 +326,16 @@ def test_plain_h5py_reads_a_run_file_without_our_package(tmp_path: Path) -> None
             ops = h5py.check_enum_dtype(f["journal/calls"].dtype["op"])
             names = {{v: k for k, v in ops.items()}}
             mvm = f["journal/mvm"]
-            shapes = mvm["y_shape"][:]
-            first_y = mvm["y"][: int(np.prod(shapes[0]))].reshape(shapes[0])
+            first = mvm["call"][0]
+            shape = (int(first["n_cores"]), int(first["batch"]), int(first["cols"]))
+            first_y = mvm["y"][: int(np.prod(shape))].reshape(shape)
+            pulses = f["journal/apply_pulses/pulses"][:]
             out = {{
                 "layout": f.attrs["hil_layout"], "version": int(f.attrs["hil_layout_version"]),
                 "config": json.loads(f.attrs["config_json"]) if "config_json" in f.attrs else None,
                 "ops": [names[int(o)] for o in calls["op"]], "y_shape": list(first_y.shape),
                 "stream": f["streams/s/i"][:].tolist(), "hil_imported": "hil" in sys.modules,
+                "pulse_fields": list(pulses.dtype.names), "n_pulses": int(pulses.shape[0]),
             }}
         print(json.dumps(out))
     """)
@@ -295,3 +346,4 @@ def test_plain_h5py_reads_a_run_file_without_our_package(tmp_path: Path) -> None
     assert out["ops"][:3] == ["apply_pulses", "read_devices", "mvm"] and len(out["ops"]) == 9
     assert out["y_shape"] == [2, 3, 16] and out["stream"] == list(range(10))
     assert out["hil_imported"] is False
+    assert out["pulse_fields"] == ["core", "row", "col", "device", "kind", "amplitude_ua", "width_ns"] and out["n_pulses"] == 512
