@@ -43,6 +43,8 @@ from hil.runfile import RunReader, to_json
 #: programming protocols slot in here ahead of the sweep (with "program": False for the sweep).
 DEMO_CHIP = "emulator:hermes,cores=4,rows=64,cols=64"
 DEMO_STEPS: list[tuple[str, dict[str, Any]]] = [
+    ("program-verify", {}),
+    ("calibration", {"drift_times_s": [3600.0, 86400.0]}),
     ("mvm-sweep", {"program_iterations": 8, "batch": 32, "repeats": 2}),
 ]
 
@@ -415,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(EXIT_USAGE, str(exc))
     except ValidationError as exc:
         return fail(EXIT_USAGE, f"invalid value: {exc}")
+    except ImportError as exc:  # an installed protocol or backend module that does not import
+        return fail(EXIT_USAGE, f"a plugin module failed to import ({exc}); fix or uninstall it.")
     except BrokenPipeError:  # pragma: no cover - `hil ls | head`
         return EXIT_OK
     except OSError as exc:

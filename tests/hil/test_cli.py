@@ -81,8 +81,10 @@ def test_demo_writes_runs_plots_and_a_summary(tmp_path: Path, cli) -> None:
     assert all(r["status"] == "success" and Path(r["path"]).exists() for r in data["runs"])
     assert all(any(Path(p).read_bytes()[:8] == PNG for p in r["plots"]) for r in data["runs"])
     text = cli("demo", "--out", str(out), "--chip", "emulator:hermes,cores=2,rows=32,cols=32", "--no-report")
-    assert text.code == 0 and "hil demo: 1 run(s)" in text.out and "rel_error_by_scale" in text.out
-    assert len(list(out.glob("*.h5"))) == 2
+    n = len(DEMO_STEPS)
+    assert text.code == 0 and f"hil demo: {n} run(s)" in text.out and "rel_error_by_scale" in text.out
+    assert "mvm_error" in text.out and "adc_gain_spread" in text.out
+    assert len(list(out.glob("*.h5"))) == 2 * n
 
 
 def test_bad_input_exit_codes_and_messages(tmp_path: Path, cli, recorded: Path) -> None:

@@ -180,3 +180,26 @@ def test_resume_rebuilds_chip_state_from_preceding_runs(tmp_path: Path) -> None:
     res = resume_run(second)  # a fresh emulator: the first run's journal is re-executed before this one's
     assert res.status == "success", res.message
     assert_same_data(ref_second, second)
+
+
+def test_lab_board_run_killed_then_resumed_answers_from_the_journal(tmp_path: Path, uninterrupted: Path) -> None:
+    """The board keeps its state when the controlling process dies: resume must not re-execute."""
+    server = pytest.importorskip("emulator.server")
+    from emulator import EmulatedChip
+
+    chip = EmulatedChip.from_spec("hermes,cores=2,rows=16,cols=16", seed=SEED)
+    with server.ServerThread(chip) as srv:
+        spec = f"lab:127.0.0.1:{srv.port}"
+        proc = run_hil_subprocess(
+            "run", "test-steps", "--chip", spec, "--set", f"steps={STEPS}", "--seed", str(SEED), "--out", str(tmp_path),
+            env={"HIL_TEST_KILL_AT_STEP": "7", "HIL_TEST_KILL_WAIT_S": "1.2"},
+        )
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        (path,) = tmp_path.glob("*.h5")
+        with RunReader(path) as r:
+            assert r.effective_status == "incomplete" and len(r.journal) == 35 and r.chip_spec == spec
+        t_board = chip.now()
+        res = resume_run(path)  # opens lab:127.0.0.1:PORT from the recorded spec
+        assert res.status == "success", res.message
+        assert chip.now() > t_board  # the board went on from where it was, live
+    assert_same_data(uninterrupted, path)
