@@ -45,7 +45,7 @@ DEMO_CHIP = "emulator:hermes,cores=4,rows=64,cols=64"
 DEMO_STEPS: list[tuple[str, dict[str, Any]]] = [
     ("program-verify", {}),
     ("calibration", {"drift_times_s": [3600.0, 86400.0]}),
-    ("mvm-sweep", {"program_iterations": 8, "batch": 32, "repeats": 2}),
+    ("mvm-sweep", {"program": False, "batch": 32, "repeats": 2}),
 ]
 
 EPILOG = "exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items())

@@ -12,8 +12,10 @@ Layout version 1 (the full description is ``docs/run-file.md``)::
     /journal/calls            one row per chip call: op (enum), row (index in the op's group),
                               t_chip (s, chip clock after the call), t_wall (s, unix, call start),
                               dt_wall (s), error (0/1)
-    /journal/<op>/<field>     per-call scalars (n,) or, for arrays, the flat data of every call
-                              concatenated, with <field>_shape (n, ndim) giving each call's shape
+    /journal/<op>/call        per-call scalars of that operation (compound)
+    /journal/<op>/<table>     the elements of every call of that operation, back to back
+                              (e.g. apply_pulses/pulses: core, row, col, device, kind,
+                              amplitude_ua, width_ns; mvm/x, mvm/y: flat int8 / int32 arrays)
     /journal/errors           call, type, message of calls that raised
     /notes                    t_wall, text
 

@@ -347,3 +347,41 @@ def test_plain_h5py_reads_a_run_file_without_our_package(tmp_path: Path) -> None
     assert out["y_shape"] == [2, 3, 16] and out["stream"] == list(range(10))
     assert out["hil_imported"] is False
     assert out["pulse_fields"] == ["core", "row", "col", "device", "kind", "amplitude_ua", "width_ns"] and out["n_pulses"] == 512
+
+
+def test_a_call_that_raised_is_journaled_and_raises_again_on_replay(tmp_path: Path) -> None:
+    from emulator import EmulatedChip
+    from hil.errors import ChipCommunicationError
+
+    class FlakyLink(EmulatedChip):
+        """Loses the second cell read, like a dropped link to a board."""
+
+        reads = 0
+
+        def _read_cells(self, core, row, col):
+            self.reads += 1
+            if self.reads == 2:
+                raise ChipCommunicationError("link dropped during read_cells")
+            return super()._read_cells(core, row, col)
+
+    def protocol(chip) -> list:
+        out = []
+        for _ in range(3):
+            try:
+                out.append(chip.read_cells([0, 1], [2, 3], [4, 5]))
+            except ChipCommunicationError as exc:
+                out.append(str(exc))
+        return out
+
+    path = tmp_path / "err.h5"
+    w = _writer(path)
+    live = protocol(RecordingChip(FlakyLink("hermes", seed=2, geometry=GEO), w))
+    w.close(status="success")
+    assert live[1] == "link dropped during read_cells"
+    with RunReader(path) as r:
+        assert r.journal.errors == {1: ("hil.errors.ChipCommunicationError", "link dropped during read_cells")}
+        assert r.journal.call(1).error is not None and r.journal.call(0).error is None
+    replayed = protocol(ReplayChip(path))
+    assert replayed[1] == live[1]
+    np.testing.assert_array_equal(replayed[0], live[0])
+    np.testing.assert_array_equal(replayed[2], live[2])
