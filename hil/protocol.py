@@ -11,6 +11,7 @@ group names the modules to import so that ``hil`` never imports ``protocols`` at
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,10 +127,21 @@ def register_protocol(
     return deco
 
 
+_BROKEN: dict[str, str] = {}
+
+
 def load_entry_point_protocols() -> None:
-    """Import every module named in the ``hil.protocols`` entry-point group (they self-register)."""
+    """Import every module named in the ``hil.protocols`` entry-point group (they self-register).
+
+    A module that fails to import is skipped with a warning, so one broken protocol does not stop
+    every command; asking for it by name then raises with the import error.
+    """
     for ep in entry_points(group="hil.protocols"):
-        ep.load()
+        try:
+            ep.load()
+        except Exception as exc:  # any import-time failure of a third-party module
+            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"protocol module {ep.value!r} ({ep.name}) failed to import: {exc}", stacklevel=2)
 
 
 def protocols() -> dict[str, ProtocolSpec]:
@@ -141,6 +153,8 @@ def protocols() -> dict[str, ProtocolSpec]:
 def get_protocol(name: str) -> ProtocolSpec:
     """The protocol called ``name``; the error lists the valid names."""
     known = protocols()
+    if name not in known and name in _BROKEN:
+        raise UnknownProtocolError(f"protocol {name!r} is installed but failed to import: {_BROKEN[name]}")
     if name not in known:
         raise UnknownProtocolError(f"unknown protocol {name!r}; valid protocols: {', '.join(known) or '(none)'}")
     return known[name]

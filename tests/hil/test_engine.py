@@ -164,3 +164,24 @@ def _first_call_with_other_device(path: Path) -> None:
     call = chip.journal.call(0)
     f = call.fields
     chip.apply_pulses(f["core"], f["row"], f["col"], (f["device"] + 1) % 4, f["kind"], f["amplitude_ua"], f["width_ns"])
+
+
+def test_a_protocol_module_that_fails_to_import_is_skipped_and_named(monkeypatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import pytest as _pytest
+
+    from hil import protocol as proto
+
+    broken = EntryPoint(name="broken-one", value="protocols.no_such_module", group="hil.protocols")
+    real = proto.entry_points
+
+    def fake(group: str):
+        return [*real(group=group), broken]
+
+    monkeypatch.setattr(proto, "entry_points", fake)
+    with _pytest.warns(UserWarning, match="broken-one"):
+        names = proto.protocols()
+    assert "mvm-sweep" in names and "broken-one" not in names
+    with _pytest.raises(proto.UnknownProtocolError, match="failed to import: ModuleNotFoundError"):
+        proto.get_protocol("broken-one")
