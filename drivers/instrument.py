@@ -24,17 +24,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyvisa
 from pyvisa import errors as visa_errors
 from pyvisa.resources import MessageBasedResource
 
 from hil.errors import ChipCommunicationError, HilError, SafetyLimitError
+
+if TYPE_CHECKING:
+    from drivers.station import SafetyLimits
 
 #: ``trip_handler(instrument, reason)``: called when a safety limit trips, before the error is raised.
 TripHandler = Callable[["Instrument", str], None]
@@ -51,6 +55,17 @@ class InstrumentCommunicationError(ChipCommunicationError):
     """An instrument did not answer, or answered something the driver cannot parse."""
 
 
+class DriverLookupError(HilError, KeyError):
+    """A station-file ``driver:`` value names no usable driver class (unknown, not importable, not an Instrument)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownDriverError(DriverLookupError):
+    """A driver name is neither built in nor registered in the ``hil.drivers`` entry-point group."""
+
+
 def default_resource_manager() -> pyvisa.ResourceManager:
     """The process-wide pyvisa-py ``ResourceManager('@py')``, created on first use.
 
@@ -64,11 +79,13 @@ def default_resource_manager() -> pyvisa.ResourceManager:
         return _default_rm
 
 
-def sim_file_path(file_name: str) -> Path:
-    """Path of a pyvisa-sim YAML shipped as package data under ``drivers/sim/``."""
-    path = Path(str(resources.files("drivers") / "sim" / file_name))
+def sim_file_path(file_name: str, package: str = "drivers") -> Path:
+    """Path of a pyvisa-sim YAML shipped as package data under ``<package>/sim/`` (default ``drivers/sim/``)."""
+    path = Path(str(resources.files(package) / "sim" / file_name))
     if not path.is_file():
-        raise FileNotFoundError(f"pyvisa-sim file {file_name!r} is missing from drivers/sim/ (looked at {path}).")
+        raise FileNotFoundError(
+            f"pyvisa-sim file {file_name!r} is missing from {package.replace('.', '/')}/sim/ (looked at {path})."
+        )
     return path
 
 
@@ -138,7 +155,11 @@ class Instrument:
     write_termination: ClassVar[str] = "\n"
     #: Termination that ends every reply.
     read_termination: ClassVar[str] = "\n"
-    #: pyvisa-sim YAML of this instrument, under ``drivers/sim/``.
+    #: Name of this driver in station files (``driver: <station_name>``). Built-in and entry-point
+    #: drivers set it; a class named in a station file by its import path may leave it empty.
+    station_name: ClassVar[str] = ""
+    #: pyvisa-sim YAML of this instrument: a file under ``sim/`` of the package of the module that
+    #: sets it (``drivers/sim/`` for the built-in drivers), or an absolute path.
     sim_file: ClassVar[str] = ""
     #: VISA address of the simulated instrument inside :attr:`sim_file`.
     sim_address: ClassVar[str] = ""
@@ -188,6 +209,40 @@ class Instrument:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def limit_kwargs(cls, limits: SafetyLimits) -> dict[str, Any]:
+        """The constructor keyword arguments that carry a station's safety limits to this driver.
+
+        Every driver a station opens overrides this (an instrument without outputs returns ``{}``):
+        the base raises, so that no driver ends up without its limits by omission.
+        """
+        raise NotImplementedError(
+            f"{cls.__module__}:{cls.__qualname__} does not say which station safety limits it takes; define "
+            "the classmethod limit_kwargs(cls, limits) returning its limit keyword arguments ({} if it has no outputs)."
+        )
+
+    @classmethod
+    def sim_path(cls) -> Path:
+        """Path of this driver's pyvisa-sim YAML (see :attr:`sim_file`)."""
+        owner = next((k for k in cls.__mro__ if vars(k).get("sim_file")), None)
+        if owner is None:
+            raise FileNotFoundError(
+                f"{cls.__module__}:{cls.__qualname__} has no pyvisa-sim YAML (sim_file is empty); "
+                "set sim_file and sim_address on the class, or run this instrument with simulated: false."
+            )
+        if Path(owner.sim_file).is_absolute():
+            path = Path(owner.sim_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"pyvisa-sim file {path} of {cls.__qualname__} does not exist.")
+            return path
+        module = sys.modules[owner.__module__]
+        if module.__package__:
+            return sim_file_path(owner.sim_file, module.__package__)
+        path = Path(str(module.__file__)).parent / "sim" / owner.sim_file  # a top-level module: sim/ beside it
+        if not path.is_file():
+            raise FileNotFoundError(f"pyvisa-sim file {owner.sim_file!r} of {cls.__qualname__} is missing (looked at {path}).")
+        return path
 
     # ------------------------------------------------------------------ the one I/O point
     def _write(self, command: str) -> None:

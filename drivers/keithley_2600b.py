@@ -9,9 +9,12 @@ values further.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from drivers.instrument import Channel, Instrument, InstrumentInputError, check_value, fmt_float
+
+if TYPE_CHECKING:
+    from drivers.station import SafetyLimits
 
 #: TSP constants of ``smuX.source.func``.
 _FUNC_CODES = {"current": 0, "voltage": 1}
@@ -138,10 +141,16 @@ class Keithley2600B(Instrument):
     (V, A; None for none).
     """
 
+    station_name: ClassVar[str] = "keithley_2600b"
     sim_file: ClassVar[str] = "keithley_2600b.yaml"
     sim_address: ClassVar[str] = "TCPIP0::192.168.10.11::inst0::INSTR"
     idn_model: ClassVar[str] = "260"
     CHANNELS: ClassVar[tuple[str, ...]] = ("a", "b")
+
+    @classmethod
+    def limit_kwargs(cls, limits: SafetyLimits) -> dict[str, float]:
+        """Station limits: SMU voltage (V) and the write-head current (uA, given to the SMU in A)."""
+        return {"max_voltage_v": limits.smu_voltage_v, "max_current_a": limits.write_head_current_ua * 1e-6}
 
     def __init__(
         self,

@@ -9,9 +9,12 @@ period), frequency 1 uHz to 30 MHz. The station limit ``pulse_voltage_v`` caps t
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from drivers.instrument import Channel, Instrument, InstrumentInputError, check_value, fmt_float
+
+if TYPE_CHECKING:
+    from drivers.station import SafetyLimits
 
 #: ``OUTPx:LOAD?`` answers this for an infinite (high-impedance) load.
 _INF_LOAD = 9.9e37
@@ -205,10 +208,16 @@ class Keysight33500B(Instrument):
     ``max_voltage_v``: station safety limit on the magnitude of any output level (V; None for none).
     """
 
+    station_name: ClassVar[str] = "keysight_33500b"
     sim_file: ClassVar[str] = "keysight_33500b.yaml"
     sim_address: ClassVar[str] = "TCPIP0::192.168.10.12::inst0::INSTR"
     idn_model: ClassVar[str] = "335"
     CHANNELS: ClassVar[tuple[int, ...]] = (1, 2)
+
+    @classmethod
+    def limit_kwargs(cls, limits: SafetyLimits) -> dict[str, float]:
+        """Station limit: pulse-generator output level magnitude (V)."""
+        return {"max_voltage_v": limits.pulse_voltage_v}
 
     def __init__(self, resource: Any, *, name: str, max_voltage_v: float | None = None, **kwargs: Any) -> None:
         self.max_voltage_v = max_voltage_v

@@ -8,9 +8,12 @@ it has no safety limits and no outputs to switch off.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from drivers.instrument import Instrument, InstrumentInputError, fmt_float
+
+if TYPE_CHECKING:
+    from drivers.station import SafetyLimits
 
 #: Measurement function -> (unit, ranges the 34465A offers in that unit).
 _FUNCTIONS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -23,11 +26,17 @@ _FUNCTIONS: dict[str, tuple[str, tuple[float, ...]]] = {
 class Keysight34465A(Instrument):
     """Keysight 34465A multimeter (DC voltage, DC current, 2-wire resistance)."""
 
+    station_name: ClassVar[str] = "keysight_34465a"
     sim_file: ClassVar[str] = "keysight_34465a.yaml"
     sim_address: ClassVar[str] = "TCPIP0::192.168.10.14::inst0::INSTR"
     idn_model: ClassVar[str] = "34465A"
     #: Integration times in power-line cycles the 34465A accepts (without the DIG option).
     NPLC_VALUES: ClassVar[tuple[float, ...]] = (0.02, 0.06, 0.2, 1.0, 10.0, 100.0)
+
+    @classmethod
+    def limit_kwargs(cls, limits: SafetyLimits) -> dict[str, float]:
+        """Station limits: none (the meter only measures, it has no outputs)."""
+        return {}
 
     def __init__(self, resource: Any, *, name: str, **kwargs: Any) -> None:
         self.state: dict[str, Any] = {}

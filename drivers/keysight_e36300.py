@@ -8,9 +8,12 @@ depends on a previously selected output. Output ranges are those of the E36312A:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from drivers.instrument import Channel, Instrument, InstrumentInputError, check_value, fmt_float
+
+if TYPE_CHECKING:
+    from drivers.station import SafetyLimits
 
 
 class E36300Output(Channel):
@@ -97,11 +100,17 @@ class KeysightE36300(Instrument):
     None for none). Outputs are ``psu.output(1)`` .. ``psu.output(3)``.
     """
 
+    station_name: ClassVar[str] = "keysight_e36300"
     sim_file: ClassVar[str] = "keysight_e36300.yaml"
     sim_address: ClassVar[str] = "TCPIP0::192.168.10.13::inst0::INSTR"
     idn_model: ClassVar[str] = "E363"
     #: Output number -> (largest voltage setpoint in V, largest current limit in A), E36312A.
     OUTPUT_RANGES: ClassVar[dict[int, tuple[float, float]]] = {1: (6.18, 5.15), 2: (25.75, 1.03), 3: (25.75, 1.03)}
+
+    @classmethod
+    def limit_kwargs(cls, limits: SafetyLimits) -> dict[str, float]:
+        """Station limits: supply voltage setpoints (V) and current limits and readings (A), every output."""
+        return {"max_voltage_v": limits.supply_voltage_v, "max_current_a": limits.supply_current_a}
 
     def __init__(
         self,

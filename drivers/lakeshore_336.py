@@ -8,9 +8,12 @@ and a reading above it trips the station (heaters off).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from drivers.instrument import Channel, Instrument, InstrumentInputError, check_value
+
+if TYPE_CHECKING:
+    from drivers.station import SafetyLimits
 
 
 class LakeShore336Input(Channel):
@@ -76,6 +79,7 @@ class LakeShore336(Instrument):
     ``max_temperature_k``: station safety limit on setpoints and readings (K; None for none).
     """
 
+    station_name: ClassVar[str] = "lakeshore_336"
     write_termination: ClassVar[str] = "\r\n"
     read_termination: ClassVar[str] = "\r\n"
     sim_file: ClassVar[str] = "lakeshore_336.yaml"
@@ -83,6 +87,11 @@ class LakeShore336(Instrument):
     idn_model: ClassVar[str] = "MODEL336"
     INPUTS: ClassVar[tuple[str, ...]] = ("A", "B", "C", "D")
     LOOPS: ClassVar[tuple[int, ...]] = (1, 2)
+
+    @classmethod
+    def limit_kwargs(cls, limits: SafetyLimits) -> dict[str, float]:
+        """Station limit: stage temperature setpoints and readings (K)."""
+        return {"max_temperature_k": limits.temperature_k}
 
     def __init__(self, resource: Any, *, name: str, max_temperature_k: float | None = None, **kwargs: Any) -> None:
         self.max_temperature_k = max_temperature_k

@@ -14,6 +14,7 @@ A station file is YAML validated by :class:`StationConfig` (unknown keys are err
     instruments:
       psu: {driver: keysight_e36300, address: "TCPIP0::192.168.1.13::inst0::INSTR"}
       tc:  {driver: lakeshore_336, address: "TCPIP0::192.168.1.15::7777::SOCKET", simulated: true}
+      amp: {driver: "mylab.drivers:CurrentAmplifier", address: "TCPIP0::192.168.1.16::inst0::INSTR"}
     board:
       address: "TCPIP0::192.168.1.20::5025::SOCKET"
 
@@ -22,6 +23,12 @@ the driver's pyvisa-sim YAML (a fresh copy per station, so no state leaks betwee
 simulated board starts ``python -m emulator.server`` on a free local port. :class:`Station` opens
 everything, passes each driver its limits, and on any tripped limit switches every output off
 (:meth:`Station.safe_shutdown`) before the :class:`hil.SafetyLimitError` reaches the protocol.
+
+``driver:`` is a built-in name, a name an installed package registers in the ``hil.drivers``
+entry-point group, or an import path ``package.module:Class`` (see :func:`drivers.driver_class`);
+the driver class's ``limit_kwargs(limits)`` says which of the station's limits it receives. A
+station file is trusted code: loading it imports the driver modules it names, and a path in
+``visa_library`` loads that shared library.
 """
 
 from __future__ import annotations
@@ -36,21 +43,25 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyvisa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
-from drivers import DRIVERS, driver_class
-from drivers.instrument import Instrument, InstrumentCommunicationError, default_resource_manager, sim_file_path
+from drivers import driver_class
+from drivers.instrument import (
+    DriverLookupError,
+    Instrument,
+    InstrumentCommunicationError,
+    UnknownDriverError,
+    default_resource_manager,
+)
 from hil.errors import HilError
 
 log = logging.getLogger("drivers.station")
-
-DriverName = Literal["keithley_2600b", "keysight_33500b", "keysight_34465a", "lakeshore_336", "keysight_e36300"]
 
 
 class StationFileError(HilError, ValueError):
@@ -77,10 +88,33 @@ class InstrumentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    driver: DriverName = Field(description="driver name, see drivers.DRIVERS")
+    driver: str = Field(description="driver name (built-in or hil.drivers entry point) or import path package.module:Class")
     address: str = Field(min_length=1, description="VISA address of the real instrument")
     simulated: bool | None = Field(None, description="None: the station's 'simulated' setting")
     timeout_s: float = Field(5.0, gt=0, le=600, description="I/O timeout (s)")
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        # Resolved here, so that a bad driver is reported with the file and field, before anything opens.
+        try:
+            driver = driver_class(value)
+        except UnknownDriverError as exc:
+            raise _field_error(f"Input should be a known driver name or an import path package.module:Class; {exc}") from None
+        except DriverLookupError as exc:
+            raise _field_error(str(exc)) from None
+        if getattr(driver.limit_kwargs, "__func__", None) is Instrument.limit_kwargs.__func__:  # the base's, which raises
+            raise _field_error(
+                f"driver {value!r} ({driver.__module__}:{driver.__qualname__}) does not say which station safety limits "
+                "it takes; define the classmethod limit_kwargs(cls, limits) on it, returning its limit keyword "
+                "arguments ({} if it has no outputs)."
+            )
+        return value
+
+
+def _field_error(message: str) -> PydanticCustomError:
+    # The message is passed as context so that braces in it are not read as a template.
+    return PydanticCustomError("station_driver", "{message}", {"message": message})
 
 
 class EmulatorBoardConfig(BaseModel):
@@ -147,20 +181,6 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
         raise StationFileError(f"station file {p} is invalid:\n" + "\n".join(lines)) from None
 
 
-#: Which station limits each driver receives, as driver keyword arguments.
-_LIMIT_KWARGS: dict[str, Callable[[SafetyLimits], dict[str, float]]] = {
-    "keithley_2600b": lambda lim: {
-        "max_voltage_v": lim.smu_voltage_v,
-        "max_current_a": lim.write_head_current_ua * 1e-6,
-    },
-    "keysight_33500b": lambda lim: {"max_voltage_v": lim.pulse_voltage_v},
-    "keysight_34465a": lambda lim: {},
-    "lakeshore_336": lambda lim: {"max_temperature_k": lim.temperature_k},
-    "keysight_e36300": lambda lim: {"max_voltage_v": lim.supply_voltage_v, "max_current_a": lim.supply_current_a},
-}
-assert set(_LIMIT_KWARGS) == set(DRIVERS), "every driver needs a limits mapping"
-
-
 class Station:
     """Opens the instruments and board of a :class:`StationConfig` and shuts them down safely.
 
@@ -191,16 +211,18 @@ class Station:
             raise KeyError("this station has no board")
         return self.config.simulated if item.simulated is None else item.simulated
 
-    def _sim_rm(self, sim_file: str) -> pyvisa.ResourceManager:
+    def _sim_rm(self, driver: type[Instrument]) -> pyvisa.ResourceManager:
         # pyvisa caches one simulator per YAML path for the whole process, so each station loads its
         # own copy: a fresh simulated bench whose state no other station or test can see.
-        if sim_file not in self._sim_rms:
+        source = driver.sim_path()
+        key = str(source)
+        if key not in self._sim_rms:
             if self._sim_dir is None:
                 self._sim_dir = tempfile.TemporaryDirectory(prefix="hil-station-")
-            copy = Path(self._sim_dir.name) / sim_file
-            shutil.copyfile(sim_file_path(sim_file), copy)
-            self._sim_rms[sim_file] = pyvisa.ResourceManager(f"{copy}@sim")
-        return self._sim_rms[sim_file]
+            copy = Path(self._sim_dir.name) / f"{len(self._sim_rms)}-{source.name}"  # plugins may reuse a file name
+            shutil.copyfile(source, copy)
+            self._sim_rms[key] = pyvisa.ResourceManager(f"{copy}@sim")
+        return self._sim_rms[key]
 
     def connect(self) -> Station:
         """Open every instrument (reading back its state); on failure close what was opened and raise."""
@@ -208,7 +230,7 @@ class Station:
             for name, cfg in self.config.instruments.items():
                 cls = driver_class(cfg.driver)
                 if self.is_simulated(name):
-                    rm, address = self._sim_rm(cls.sim_file), cls.sim_address
+                    rm, address = self._sim_rm(cls), cls.sim_address
                 else:
                     rm, address = self._real_rm(), cfg.address
                 self.instruments[name] = cls(
@@ -217,7 +239,7 @@ class Station:
                     resource_manager=rm,
                     timeout_s=cfg.timeout_s,
                     trip_handler=self._on_trip,
-                    **_LIMIT_KWARGS[cfg.driver](self.config.limits),
+                    **cls.limit_kwargs(self.config.limits),
                 )
         except BaseException:
             self.close()

@@ -334,9 +334,9 @@ class BoardServer:
             msg.get_array("row"),
             msg.get_array("col"),
             msg.get_array("device"),
-            msg.get_array("kind"),
-            msg.get_array("amp"),
-            msg.get_array("width"),
+            kind=msg.get_array("kind"),
+            amplitude_ua=msg.get_array("amp"),
+            width_ns=msg.get_array("width"),
         )
         return {"n": int(core.shape[0]) if core.ndim else 1}
 

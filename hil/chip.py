@@ -20,27 +20,28 @@ bad input in the same words and nothing is half-applied.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from hil.errors import ChipInputError, SafetyLimitError, check_index, check_range
+from hil import arguments as args
+from hil.arguments import (  # noqa: F401 - part of this module's public names
+    INPUT_MAX,
+    INPUT_MIN,
+    MAX_PULSE_WIDTH_NS,
+    MVM_OUTPUTS,
+    READ_MODES,
+    WRITE_HEAD_LIMIT_UA,
+)
+from hil.errors import ChipInputError
 
 ReadMode = Literal["4phase", "1phase"]
 MvmOutput = Literal["adc", "ldpu"]
-READ_MODES: tuple[str, ...] = ("4phase", "1phase")
-MVM_OUTPUTS: tuple[str, ...] = ("adc", "ldpu")
-
-#: Signed PWM input range: sign + 7-bit magnitude (1 ns per LSB, 128 ns window).
-INPUT_MIN, INPUT_MAX = -127, 127
-#: Largest write-head current any backend accepts (uA); HERMES write heads are limited to 800 uA.
-WRITE_HEAD_LIMIT_UA = 800.0
-#: Longest single pulse any backend accepts (ns); longer requests are almost surely a unit error.
-MAX_PULSE_WIDTH_NS = 100_000.0
 
 
 class PulseKind(IntEnum):
@@ -117,31 +118,47 @@ class LdpuRegisters:
     relu: np.ndarray
 
 
-def _as_1d(name: str, value: Any, n: int, dtype: Any) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.ndim == 0:
-        arr = np.full(n, arr)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ChipInputError(
-            f"{name} has shape {np.shape(value)}; expected a scalar or shape ({n},) like the addresses."
-        )
-    if np.dtype(dtype).kind == "f" and arr.dtype.kind not in "fiu":
-        raise ChipInputError(f"{name} must be numeric, got dtype {arr.dtype}.")
-    return arr.astype(dtype, copy=False)
+class RecordedTiming(NamedTuple):
+    """Chip clock and wall times of a call served from a recording (see :meth:`Chip.recorded_timing`)."""
 
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """Convert numpy arrays, lists or torch tensors to numpy without importing torch here."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+    t_chip: float  #: chip clock after the call (s)
+    t_wall: float  #: wall clock at the call's start (s, unix time)
+    dt_wall: float  #: wall time the call took (s)
 
 
 class Chip(ABC):
-    """Abstract AIMC chip. See the module docstring for the conventions."""
+    """Abstract AIMC chip. See the module docstring for the conventions.
+
+    **Required of a backend**: set :attr:`geometry` in ``__init__``; implement :attr:`info`,
+    :meth:`now` and the underscore methods ``_sleep``, ``_apply_pulses``, ``_read_devices``,
+    ``_read_cells``, ``_mvm``, ``_set_ldpu`` and ``_get_ldpu``, which receive arguments already
+    checked and normalised by the public methods (see :mod:`hil.arguments`).
+
+    **Optional, with defaults here**: :meth:`from_spec` (so ``--chip NAME:SPEC`` can open it),
+    :attr:`seed`, :attr:`resume_by_reexecution`, :meth:`recorded_timing` and :meth:`close`.
+    """
 
     #: Backends set this in ``__init__``.
     geometry: Geometry
+    #: The seed the chip was built with (noise draws), or None for a chip that has none (hardware).
+    seed: int | None = None
+    #: True when the chip's whole state lives in this process (the emulator): ``hil resume`` then
+    #: rebuilds it by re-executing the journal. False (hardware): recorded calls are answered from
+    #: the journal and only later calls reach the chip.
+    resume_by_reexecution: ClassVar[bool] = False
+
+    @classmethod
+    def from_spec(cls, spec: str, *, seed: int | None = None) -> Chip:
+        """Build the chip from the part of a chip spec after ``NAME:`` (``--chip NAME:SPEC``)."""
+        raise ChipInputError(f"{cls.__name__} cannot be opened from a chip spec; pass a chip object instead.")
+
+    def recorded_timing(self) -> RecordedTiming | None:
+        """Timing of the call just served from a recording (a replay), or None for a live call.
+
+        A :class:`hil.journal.RecordingChip` around a replay journals these recorded times, so a
+        replayed run file carries the original chip clock and wall times.
+        """
+        return None
 
     # ------------------------------------------------------------------ identity and clock
     @property
@@ -155,8 +172,7 @@ class Chip(ABC):
 
     def sleep(self, seconds: float) -> None:
         """Let ``seconds`` of chip time pass (on the emulator this costs no wall time)."""
-        check_range("seconds", seconds, 0.0, 1e10, fix="Sleep a non-negative, finite time in seconds.")
-        self._sleep(float(seconds))
+        self._sleep(args.seconds(seconds))
 
     @abstractmethod
     def _sleep(self, seconds: float) -> None: ...
@@ -172,55 +188,10 @@ class Chip(ABC):
 
     # ------------------------------------------------------------------ programming
     def validate_pulses(
-        self,
-        core: Any,
-        row: Any,
-        col: Any,
-        device: Any,
-        kind: Any,
-        amplitude_ua: Any,
-        width_ns: Any,
+        self, core: Any, row: Any, col: Any, device: Any, *, kind: Any, amplitude_ua: Any, width_ns: Any
     ) -> PulseBatch:
         """Check and normalise a pulse request; raise before anything is applied."""
-        g = self.geometry
-        core_a = check_index("core", np.atleast_1d(_to_numpy(core)), g.n_cores)
-        if core_a.ndim != 1:
-            raise ChipInputError(f"core has shape {core_a.shape}; pass flat (N,) address arrays.")
-        n = core_a.shape[0]
-        addr = {"core": core_a}
-        for name, value, size in (("row", row, g.n_rows), ("col", col, g.n_cols), ("device", device, g.n_devices)):
-            arr = _as_1d(name, _to_numpy(value), n, np.int64) if np.ndim(_to_numpy(value)) == 0 else None
-            if arr is None:
-                raw = _to_numpy(value)
-                if raw.ndim != 1 or raw.shape[0] != n:
-                    raise ChipInputError(
-                        f"{name} has shape {raw.shape}; expected ({n},) to match core (one address per pulse)."
-                    )
-                arr = raw
-            addr[name] = check_index(name, arr, size)
-        kind_a = _as_1d("kind", _to_numpy(kind), n, np.int64)
-        check_range("kind", kind_a, 0, max(PulseKind), fix="Use PulseKind.RESET, SET or PARTIAL.")
-        amp = _as_1d("amplitude_ua", _to_numpy(amplitude_ua), n, np.float64)
-        if np.any(np.isfinite(amp) & (amp > WRITE_HEAD_LIMIT_UA)):
-            bad = float(amp[amp > WRITE_HEAD_LIMIT_UA][0])
-            raise SafetyLimitError(
-                f"amplitude_ua={bad} exceeds the write-head limit of {WRITE_HEAD_LIMIT_UA} uA; "
-                f"allowed (0, {WRITE_HEAD_LIMIT_UA}]. Lower the pulse current."
-            )
-        check_range("amplitude_ua", amp, 1e-3, WRITE_HEAD_LIMIT_UA, fix="Give a positive current in uA.")
-        width = _as_1d("width_ns", _to_numpy(width_ns), n, np.float64)
-        check_range(
-            "width_ns", width, 1e-3, MAX_PULSE_WIDTH_NS, fix="Give a positive pulse width in ns (not seconds)."
-        )
-        return PulseBatch(
-            core=addr["core"],
-            row=addr["row"],
-            col=addr["col"],
-            device=addr["device"],
-            kind=kind_a.astype(np.uint8),
-            amplitude_ua=amp,
-            width_ns=width,
-        )
+        return args.pulses(self.geometry, core, row, col, device, kind, amplitude_ua, width_ns)
 
     def apply_pulses(
         self,
@@ -228,17 +199,38 @@ class Chip(ABC):
         row: Any,
         col: Any,
         device: Any,
-        kind: PulseKind | int | Any,
-        amplitude_ua: float | Any,
-        width_ns: float | Any,
+        *positional: Any,
+        kind: PulseKind | int | Any = None,
+        amplitude_ua: float | Any = None,
+        width_ns: float | Any = None,
     ) -> None:
         """Apply one programming pulse to each addressed device.
 
         ``core``, ``row``, ``col``, ``device``: int arrays of shape (N,) (scalars broadcast for all but
-        ``core``); ``kind``, ``amplitude_ua`` (uA, at most 800), ``width_ns`` (ns): scalars or (N,).
-        The chip clock advances by the time the write heads need (32 per core, cores in parallel).
+        ``core``); keyword-only ``kind`` (:class:`PulseKind`), ``amplitude_ua`` (uA, at most 800) and
+        ``width_ns`` (ns): scalars or (N,). The chip clock advances by the time the write heads need
+        (32 per core, cores in parallel). Passing kind, amplitude and width positionally still works
+        but is deprecated: two positional floats (uA, ns) are too easy to swap.
         """
-        batch = self.validate_pulses(core, row, col, device, kind, amplitude_ua, width_ns)
+        if positional:
+            if len(positional) > 3 or any(v is not None for v in (kind, amplitude_ua, width_ns)[: len(positional)]):
+                raise ChipInputError(
+                    f"apply_pulses got {4 + len(positional)} positional arguments; pass "
+                    "kind=, amplitude_ua= and width_ns= by keyword."
+                )
+            warnings.warn(
+                "apply_pulses(core, row, col, device, kind, amplitude_ua, width_ns) with positional pulse "
+                "parameters is deprecated; pass kind=, amplitude_ua= and width_ns= by keyword.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kind, amplitude_ua, width_ns = (*positional, *(kind, amplitude_ua, width_ns)[len(positional) :])
+        missing = [n for n, v in (("kind", kind), ("amplitude_ua", amplitude_ua), ("width_ns", width_ns)) if v is None]
+        if missing:
+            raise ChipInputError(
+                f"apply_pulses needs {', '.join(missing)}; e.g. kind=PulseKind.PARTIAL, amplitude_ua=300.0, width_ns=125.0."
+            )
+        batch = self.validate_pulses(core, row, col, device, kind=kind, amplitude_ua=amplitude_ua, width_ns=width_ns)
         if len(batch):
             self._apply_pulses(batch)
 
@@ -246,29 +238,9 @@ class Chip(ABC):
     def _apply_pulses(self, batch: PulseBatch) -> None: ...
 
     # ------------------------------------------------------------------ verify reads
-    def _addresses(self, core: Any, row: Any, col: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        g = self.geometry
-        core_a = np.atleast_1d(_to_numpy(core))
-        row_a, col_a = _to_numpy(row), _to_numpy(col)
-        n = core_a.shape[0] if core_a.ndim == 1 else -1
-        if n < 0 or np.shape(row_a) not in ((), (n,)) or np.shape(col_a) not in ((), (n,)):
-            raise ChipInputError(
-                f"address shapes core {core_a.shape}, row {np.shape(row_a)}, col {np.shape(col_a)} differ; "
-                "pass flat (N,) arrays of equal length."
-            )
-        return (
-            check_index("core", core_a, g.n_cores),
-            check_index("row", np.broadcast_to(row_a, (n,)), g.n_rows),
-            check_index("col", np.broadcast_to(col_a, (n,)), g.n_cols),
-        )
-
     def read_devices(self, core: Any, row: Any, col: Any, device: Any) -> np.ndarray:
         """Verify-read single devices; return their conductances in ADC counts (int32, shape (N,))."""
-        c, r, k = self._addresses(core, row, col)
-        d_raw = _to_numpy(device)
-        if np.shape(d_raw) not in ((), c.shape):
-            raise ChipInputError(f"device has shape {np.shape(d_raw)}; expected () or {c.shape}.")
-        d = check_index("device", np.broadcast_to(d_raw, c.shape), self.geometry.n_devices)
+        c, r, k, d = args.device_addresses(self.geometry, core, row, col, device)
         if c.size == 0:
             return np.zeros(0, dtype=np.int32)
         return self._read_devices(c, r, k, d)
@@ -278,7 +250,7 @@ class Chip(ABC):
 
     def read_cells(self, core: Any, row: Any, col: Any) -> np.ndarray:
         """Verify-read unit cells; return G+ - G- in ADC counts (int32, shape (N,), signed)."""
-        c, r, k = self._addresses(core, row, col)
+        c, r, k = args.cell_addresses(self.geometry, core, row, col)
         if c.size == 0:
             return np.zeros(0, dtype=np.int32)
         return self._read_cells(c, r, k)
@@ -292,45 +264,7 @@ class Chip(ABC):
 
         ``x`` keeps its array type (numpy or torch) so the emulator can avoid copies.
         """
-        g = self.geometry
-        if output not in MVM_OUTPUTS:
-            raise ChipInputError(f"output={output!r} is not one of {MVM_OUTPUTS}.")
-        if mode not in READ_MODES:
-            raise ChipInputError(f"mode={mode!r} is not one of {READ_MODES}.")
-        cores_a = np.arange(g.n_cores) if cores is None else np.atleast_1d(_to_numpy(cores))
-        if cores_a.ndim != 1 or cores_a.size == 0:
-            raise ChipInputError(f"cores has shape {cores_a.shape}; pass a non-empty 1-D list of core indices.")
-        cores_a = check_index("cores", cores_a, g.n_cores)
-        if np.unique(cores_a).size != cores_a.size:
-            raise ChipInputError(f"cores={cores_a.tolist()} repeats a core; list each core once.")
-        dtype = str(getattr(x, "dtype", np.asarray(x).dtype))
-        if not any(t in dtype for t in ("int8", "int16", "int32", "int64")) or "uint" in dtype:
-            raise ChipInputError(
-                f"x has dtype {dtype}; MVM inputs are signed 8-bit PWM codes. "
-                f"Quantise to integers in [{INPUT_MIN}, {INPUT_MAX}] (e.g. np.int8)."
-            )
-        shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
-        if len(shape) == 2:
-            if shape[1] != g.n_rows:
-                raise ChipInputError(f"x has shape {shape}; expected (B, {g.n_rows}) or (n_cores, B, {g.n_rows}).")
-            x = x[None].expand(cores_a.size, *shape) if hasattr(x, "expand") else np.broadcast_to(
-                np.asarray(x)[None], (cores_a.size, *shape)
-            )
-        elif len(shape) != 3 or shape[0] != cores_a.size or shape[2] != g.n_rows:
-            raise ChipInputError(
-                f"x has shape {shape}; expected (B, {g.n_rows}) or ({cores_a.size}, B, {g.n_rows}) "
-                f"for {cores_a.size} selected cores."
-            )
-        if "int8" not in dtype:
-            lo, hi = (int(x.min()), int(x.max())) if np.prod(shape) else (0, 0)
-            if lo < INPUT_MIN or hi > INPUT_MAX:
-                bad = lo if lo < INPUT_MIN else hi
-                raise ChipInputError(f"x contains {bad}; allowed [{INPUT_MIN}, {INPUT_MAX}]. Clip or rescale.")
-        else:
-            lo = int(x.min()) if np.prod(shape) else 0
-            if lo < INPUT_MIN:
-                raise ChipInputError(f"x contains {lo}; allowed [{INPUT_MIN}, {INPUT_MAX}] (-128 has no PWM code).")
-        return x, cores_a
+        return args.mvm(self.geometry, x, cores, output, mode)
 
     def mvm(self, x: Any, cores: Any = None, *, output: MvmOutput = "adc", mode: ReadMode = "4phase") -> Any:
         """Run matrix-vector multiplications on one or many cores at once.
@@ -354,32 +288,15 @@ class Chip(ABC):
         ``scale``/``offset``: scalars, (n_cols,) or (n_sel, n_cols); ``relu``: bool or (n_sel,).
         Values are rounded to FP16; magnitudes above 65504 are refused.
         """
-        g = self.geometry
-        cores_a = check_index("cores", np.atleast_1d(_to_numpy(cores)), g.n_cores)
-        shape = (cores_a.size, g.n_cols)
-        regs = {}
-        for name, value in (("scale", scale), ("offset", offset)):
-            arr = np.asarray(_to_numpy(value), dtype=np.float64)
-            try:
-                arr = np.broadcast_to(arr, shape)
-            except ValueError:
-                raise ChipInputError(f"{name} has shape {arr.shape}; expected a scalar, ({g.n_cols},) or {shape}.") from None
-            check_range(name, arr, -65504.0, 65504.0, fix="LDPU registers are FP16.")
-            regs[name] = arr.astype(np.float16)
-        relu_a = np.asarray(_to_numpy(relu))
-        if relu_a.dtype.kind not in "bui" or relu_a.shape not in ((), (cores_a.size,)):
-            raise ChipInputError(f"relu must be a bool or ({cores_a.size},) bools, got {relu_a!r}.")
-        relu_b = np.broadcast_to(relu_a, (cores_a.size,)).astype(bool)
-        self._set_ldpu(cores_a, LdpuRegisters(regs["scale"], regs["offset"], relu_b))
+        cores_a, regs = args.ldpu(self.geometry, cores, scale, offset, relu)
+        self._set_ldpu(cores_a, regs)
 
     @abstractmethod
     def _set_ldpu(self, cores: np.ndarray, regs: LdpuRegisters) -> None: ...
 
     def get_ldpu(self, cores: Any = None) -> LdpuRegisters:
         """Read back the LDPU registers of ``cores`` (default all)."""
-        g = self.geometry
-        cores_a = np.arange(g.n_cores) if cores is None else check_index("cores", np.atleast_1d(_to_numpy(cores)), g.n_cores)
-        return self._get_ldpu(cores_a)
+        return self._get_ldpu(args.ldpu_cores(self.geometry, cores))
 
     @abstractmethod
     def _get_ldpu(self, cores: np.ndarray) -> LdpuRegisters: ...

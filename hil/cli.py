@@ -1,7 +1,7 @@
 """The ``hil`` command line (argparse).
 
 Commands: ``demo``, ``run``, ``protocols``, ``ls``, ``show``, ``replay``, ``resume``, ``report``,
-``bench`` (forwards to ``emulator.bench``) and ``emulate`` (forwards to ``emulator.server``).
+``bench`` (forwards to ``tests/benchmarks/bench_emulator.py``) and ``emulate`` (forwards to ``emulator.server``).
 Progress bars go to stderr and only on a terminal; ``--json`` prints one JSON document on stdout.
 
 Exit codes: 0 ok, 1 run failed, 2 bad input or usage, 3 run aborted (resumable), 4 replay differs
@@ -20,24 +20,38 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hil.engine import (
-    DEFAULT_OUT,
-    EXIT_ABORTED,
-    EXIT_CHIP,
-    EXIT_CODES,
-    EXIT_FAILED,
-    EXIT_MISMATCH,
-    EXIT_OK,
-    EXIT_USAGE,
-    RunResult,
-    describe_config,
-    open_chip,
-    replay_run,
-    resume_run,
-    run_protocol,
-)
+from hil.chips import open_chip
+from hil.config import describe_config
 from hil.errors import ChipCommunicationError, HilError, ReplayMismatchError
-from hil.runfile import RunReader, to_json
+from hil.runner import DEFAULT_OUT, RunOptions, RunResult, replay_run, resume_run, run_protocol
+from hil.runs import RunReader, to_json
+
+#: Exit codes of ``hil`` commands (scripts may rely on them).
+EXIT_OK = 0
+EXIT_FAILED = 1  #: the run failed (the protocol or the chip raised)
+EXIT_USAGE = 2  #: bad input: unknown protocol or key, bad value, not a run file, newer layout, ...
+EXIT_ABORTED = 3  #: the run was aborted (Ctrl-C, SIGTERM); it can be resumed
+EXIT_MISMATCH = 4  #: a replay or resume met a call that differs from the recording
+EXIT_CHIP = 5  #: the chip could not be opened or reached
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "run failed",
+    EXIT_USAGE: "bad input or usage",
+    EXIT_ABORTED: "run aborted (resumable)",
+    EXIT_MISMATCH: "replay differs from the recording",
+    EXIT_CHIP: "chip could not be opened or reached",
+}
+
+
+def exit_code_for(status: str, reason: str) -> int:
+    """The exit code of a run that ended with ``status`` and ``reason`` (:class:`hil.runs.RunStop`)."""
+    if status == "success":
+        return EXIT_OK
+    if status == "abort":
+        return EXIT_ABORTED
+    if reason == "replay_mismatch":
+        return EXIT_MISMATCH
+    return EXIT_FAILED
 
 #: What ``hil demo`` runs: one chip, then these (protocol, config) steps in order on it. The
 #: programming protocols slot in here ahead of the sweep (with "program": False for the sweep).
@@ -71,7 +85,7 @@ def _resolve_run(ref: str, runs: str | None) -> Path:
     p = Path(ref)
     if p.exists() or p.suffix == ".h5" or "/" in ref:
         return p
-    from hil.index import RunIndex
+    from hil.runs import RunIndex
 
     return RunIndex(runs or DEFAULT_OUT).find(ref)
 
@@ -95,7 +109,15 @@ def _finish(args: argparse.Namespace, res: RunResult) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- commands
+def _load_modules(args: argparse.Namespace) -> None:
+    from hil.protocol import load_protocol_module
+
+    for ref in getattr(args, "protocol_module", None) or []:
+        load_protocol_module(ref)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _load_modules(args)
     res = run_protocol(
         args.protocol,
         chip=args.chip,
@@ -113,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_protocols(args: argparse.Namespace) -> int:
     from hil.protocol import get_protocol, protocols
 
+    _load_modules(args)
     specs = [get_protocol(args.name)] if args.name else list(protocols().values())
     data = [
         {
@@ -137,7 +160,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from hil.index import RunIndex
+    from hil.runs import RunIndex
 
     index = RunIndex(args.dir)
     if args.rebuild:
@@ -214,6 +237,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     path = _resolve_run(args.run, args.runs)
+    _load_modules(args)
     res = replay_run(path, out=args.out, progress=_progress(args))
     if res.status == "success" and not args.json:
         print(f"replay matched all {res.n_calls} recorded calls of {path.name}", file=sys.stderr)
@@ -222,6 +246,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     path = _resolve_run(args.run, args.runs)
+    _load_modules(args)
     res = resume_run(path, chip=args.chip, progress=_progress(args))
     return _finish(args, res)
 
@@ -250,8 +275,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         for protocol, config in DEMO_STEPS:
             res = run_protocol(
-                protocol, chip=chip, chip_spec=chip_spec, config=config, seed=args.seed, out=out,
-                progress=_progress(args), preceded_by=done,
+                protocol, chip=chip, config=config, seed=args.seed,
+                options=RunOptions(out=out, progress=_progress(args), chip_spec=chip_spec, preceded_by=done),
             )
             entry = res.to_dict()
             if res.status == "success" and not args.no_report:
@@ -282,13 +307,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+#: Where ``hil bench`` finds the benchmarks: they ship with the source tree, not inside the packages.
+BENCH_MODULE = "tests.benchmarks.bench_emulator"
+
+
 def _forward(module: str, argv: list[str]) -> int:
     import importlib
 
+    if module.startswith("tests."):
+        root = Path(__file__).resolve().parents[1]
+        if (root / "tests" / "benchmarks").is_dir() and str(root) not in sys.path:
+            sys.path.insert(0, str(root))
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        print(f"hil: error: {module} is not available ({exc}).", file=sys.stderr)
+        where = " (benchmarks ship with the source tree: run from a clone installed with pip install -e .)" if module.startswith(
+            "tests.") else ""
+        print(f"hil: error: {module} is not available ({exc}){where}.", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(mod.main(argv) or 0)
@@ -316,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
         g.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
 
+    def modules(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--protocol-module", action="append", metavar="MODULE|FILE.py",
+                       help="import a module or .py file that registers protocols first (repeatable; runs its code)")
+
     def runs(p: argparse.ArgumentParser) -> None:
         p.add_argument("run", metavar="RUN", help="run file, or run id (prefix) in the --runs folder")
         p.add_argument("--runs", default=None, help=f"folder to look run ids up in (default {DEFAULT_OUT})")
@@ -339,10 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", default="auto", choices=["auto", "gzip", "none"],
                    help="deflate datasets: auto (where it saves >= 25%%), gzip (always), none (fastest writes)")
     progress(p)
+    modules(p)
     p.set_defaults(func=cmd_run)
 
     p = add("protocols", "list installed protocols, or one protocol's config keys")
     p.add_argument("name", nargs="?", help="show this protocol's config keys, defaults and limits")
+    modules(p)
     p.set_defaults(func=cmd_protocols)
 
     p = add("ls", "list the runs in a folder (from its index; instant with thousands of runs)")
@@ -362,12 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs(p)
     p.add_argument("--out", default=None, help="folder for the replay's run file (default: the run's folder)")
     progress(p)
+    modules(p)
     p.set_defaults(func=cmd_replay)
 
     p = add("resume", "continue an incomplete or aborted run: replay its journal, then go on live")
     runs(p)
     p.add_argument("--chip", default=None, help="chip spec to resume on (default: the recorded one)")
     progress(p)
+    modules(p)
     p.set_defaults(func=cmd_resume)
 
     p = add("report", "write PNG plots of a run's streams (and the protocol's own plots)")
@@ -375,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the PNGs (default <run>-report/ beside the run)")
     p.set_defaults(func=cmd_report)
 
-    sub.add_parser("bench", help="emulator benchmarks (arguments go to emulator.bench; try `hil bench --help`)",
+    sub.add_parser("bench", help="emulator benchmarks (tests/benchmarks/bench_emulator.py; try `hil bench --help`)",
                    add_help=False)
     sub.add_parser("emulate", help="serve the emulator as a lab board: hil emulate --host H --port N [...]",
                    add_help=False)
@@ -386,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hil`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
-        return _forward("emulator.bench", argv[1:])
+        return _forward(BENCH_MODULE, argv[1:])
     if argv and argv[0] == "emulate":
         return _forward("emulator.server", argv[1:])
     parser = build_parser()
@@ -429,4 +472,17 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["DEMO_CHIP", "DEMO_STEPS", "EXIT_FAILED", "build_parser", "main"]
+__all__ = [
+    "DEMO_CHIP",
+    "DEMO_STEPS",
+    "EXIT_ABORTED",
+    "EXIT_CHIP",
+    "EXIT_CODES",
+    "EXIT_FAILED",
+    "EXIT_MISMATCH",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "exit_code_for",
+    "main",
+]

@@ -30,6 +30,22 @@ class ReplayMismatchError(HilError):
     """A replayed call differs from the recorded journal."""
 
 
+class RunFileError(HilError):
+    """A file is not a readable run file (not HDF5, not ours, truncated, corrupted) or cannot be written."""
+
+
+class LayoutVersionError(RunFileError):
+    """The run file was written with a newer layout than this version of hil reads."""
+
+
+class RunLogError(HilError, ValueError):
+    """A protocol logged data that does not fit its stream (names, columns, dtypes, shapes)."""
+
+
+class ConfigError(HilError, ValueError):
+    """A protocol configuration (YAML file or --set item) is invalid."""
+
+
 def check_range(name: str, value: Any, low: float, high: float, fix: str = "") -> None:
     """Raise :class:`ChipInputError` unless every element of ``value`` lies in ``[low, high]``.
 

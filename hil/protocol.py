@@ -11,21 +11,31 @@ group names the modules to import so that ``hil`` never imports ``protocols`` at
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
 from hil.errors import HilError
+from hil.runs.columns import StreamSpec, prepare_rows
 
 ProtocolFn = Callable[..., dict[str, Any]]
 #: ``plots(run_file_path, out_dir) -> list[Path]``: a protocol's own figures for ``hil report``.
 PlotFn = Callable[..., list[Any]]
+#: ``check(config, geometry) -> None``: a protocol's input check; raises ``ConfigError``,
+#: ``ChipInputError`` or ``ValueError`` naming the bad value (no chip calls, no side effects).
+CheckFn = Callable[..., None]
 
 
 class RunLog(ABC):
@@ -57,11 +67,16 @@ class RunLog(ABC):
 
 
 class MemoryRunLog(RunLog):
-    """A run log that keeps streams in memory (for scripts and tests that need no file)."""
+    """A run log that keeps streams in memory (for scripts and tests that need no file).
+
+    It applies the same column rules as a run file (:func:`hil.runs.columns.prepare_rows`), so a
+    ``run.log`` call that a real run would refuse fails here too.
+    """
 
     def __init__(self, seed: int = 0) -> None:
         self._seed = seed
         self.streams: dict[str, dict[str, list[np.ndarray]]] = {}
+        self._specs: dict[str, StreamSpec] = {}
         self.notes: list[str] = []
         self.last_progress: tuple[int, int | None, str] | None = None
 
@@ -70,9 +85,16 @@ class MemoryRunLog(RunLog):
         return self._seed
 
     def log(self, stream: str, **columns: Any) -> None:
+        spec, arrays, n_rows = prepare_rows(stream, columns, self._specs.get(stream))
+        self._specs[stream] = spec
         cols = self.streams.setdefault(stream, {})
-        for key, value in columns.items():
-            cols.setdefault(key, []).append(np.asarray(value))
+        for key, arr in arrays.items():
+            value = np.array(arr, copy=True)
+            if value.dtype.kind == "S":
+                value = np.char.decode(value, "utf-8")
+            # A scalar logged as one row is kept as the scalar (what the caller passed).
+            cols.setdefault(key, []).append(value[0] if np.ndim(columns[key]) == 0 else value)
+        spec.n_rows += n_rows
 
     def progress(self, done: int, total: int | None = None, desc: str = "") -> None:
         self.last_progress = (done, total, desc)
@@ -97,6 +119,10 @@ class ProtocolSpec:
     plots: PlotFn | None = None
     deterministic: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
+    #: Where the protocol's code came from: ``module:NAME`` or ``file:/ABS/PATH.py``.
+    source: str = ""
+    #: ``check(config, geometry)``: raises on bad config or input data before the run file exists.
+    check: CheckFn | None = None
 
 
 _REGISTRY: dict[str, ProtocolSpec] = {}
@@ -116,12 +142,19 @@ def register_protocol(
     description: str = "",
     plots: PlotFn | None = None,
     deterministic: bool = True,
+    check: CheckFn | None = None,
 ) -> Callable[[ProtocolFn], ProtocolFn]:
-    """Decorator: register ``fn(chip, config, run)`` under ``name``."""
+    """Decorator: register ``fn(chip, config, run)`` under ``name``.
+
+    ``plots``: the protocol's own figures for ``hil report``; ``deterministic``: False for a
+    protocol whose chip calls do not follow from config, seed and chip answers (it cannot be
+    replayed or resumed); ``check(config, geometry)``: validates config and input data before the
+    run file is created, so bad input exits 2 and leaves no file.
+    """
 
     def deco(fn: ProtocolFn) -> ProtocolFn:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0] if (description or fn.__doc__) else ""
-        _REGISTRY[name] = ProtocolSpec(name, fn, config_model, doc, plots, deterministic)
+        _REGISTRY[name] = ProtocolSpec(name, fn, config_model, doc, plots, deterministic, source=_source_of(fn), check=check)
         return fn
 
     return deco
@@ -158,3 +191,69 @@ def get_protocol(name: str) -> ProtocolSpec:
     if name not in known:
         raise UnknownProtocolError(f"unknown protocol {name!r}; valid protocols: {', '.join(known) or '(none)'}")
     return known[name]
+
+
+# ---------------------------------------------------------------------------------------------- custom protocols
+#: Module-name prefix of protocol files loaded with :func:`load_protocol_module`.
+_FILE_MODULE_PREFIX = "hil_protocol_file_"
+_FILES: dict[str, Path] = {}
+
+
+def _source_of(fn: ProtocolFn) -> str:
+    module = getattr(fn, "__module__", "") or ""
+    if module in _FILES:
+        return f"file:{_FILES[module]}"
+    return f"module:{module}" if module else ""
+
+
+def load_protocol_module(ref: str | os.PathLike[str]) -> list[str]:
+    """Import a module or a ``.py`` file that registers protocols; returns the names it registered.
+
+    ``ref``: a dotted module name (``mylab.protocols``, importable from ``sys.path``) or the path of
+    a Python file (anything ending in ``.py`` or containing a path separator). The protocols record
+    this as their source (``module:NAME`` or ``file:/ABS/PATH.py``) in every run file, so ``hil
+    replay`` and ``hil resume`` can say what to load. Loading runs the module's code: only load
+    what you trust (hil never imports code that a run file names by itself).
+    """
+    text = os.fspath(ref)
+    before = dict(_REGISTRY)
+    if text.endswith(".py") or os.sep in text or "/" in text:
+        path = Path(text).expanduser().resolve()
+        if not path.is_file():
+            raise UnknownProtocolError(
+                f"protocol file {path} does not exist; give the path of a .py file that registers protocols."
+            )
+        name = _FILE_MODULE_PREFIX + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise UnknownProtocolError(f"cannot import protocol file {path} (not a Python source file?).")
+            module = importlib.util.module_from_spec(spec)
+            _FILES[name] = path
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                _FILES.pop(name, None)
+                raise
+    else:
+        try:
+            importlib.import_module(text)
+        except ModuleNotFoundError as exc:
+            raise UnknownProtocolError(
+                f"protocol module {text!r} cannot be imported ({exc}); give an importable module name "
+                "or the path of a .py file."
+            ) from exc
+    return sorted(n for n, s in _REGISTRY.items() if before.get(n) is not s)
+
+
+def source_hint(name: str, source: str) -> str:
+    """What to pass to load protocol ``name`` recorded as coming from ``source`` (for error messages)."""
+    kind, _, where = source.partition(":")
+    if kind in ("module", "file") and where and not where.startswith(_FILE_MODULE_PREFIX):
+        return (
+            f" The run file says protocol {name!r} came from {source}; pass --protocol-module {where} "
+            "to load it (hil does not import code a run file names by itself)."
+        )
+    return ""

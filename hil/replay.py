@@ -23,13 +23,11 @@ from typing import Any
 import numpy as np
 
 from hil import errors as hil_errors
-from hil.chip import Chip, ChipInfo, Geometry, LdpuRegisters, PulseBatch
-from hil.errors import HilError, ReplayMismatchError
-from hil.journal import _is_broadcast, _np
-from hil.runfile import MVM_MODE_CODES, MVM_OUTPUT_CODES, JournalCall, RunReader
-
-_MVM_OUTPUTS = {v: k for k, v in MVM_OUTPUT_CODES.items()}
-_MVM_MODES = {v: k for k, v in MVM_MODE_CODES.items()}
+from hil.arguments import to_numpy as _np
+from hil.chip import Chip, ChipInfo, Geometry, RecordedTiming
+from hil.errors import ChipInputError, HilError, ReplayMismatchError
+from hil.ops import OPS, Op, implement_ops
+from hil.runs.reader import JournalCall, RunReader
 
 
 def _fmt(value: Any) -> str:
@@ -79,52 +77,26 @@ def recorded_error(call: JournalCall) -> Exception:
 
 def execute_call(chip: Chip, op: str, fields: dict[str, Any]) -> Any:
     """Execute a recorded call on ``chip`` through its backend (``_``) method; returns the result."""
-    f = fields
-    if op == "now":
-        return chip.now()
-    if op == "sleep":
-        return chip._sleep(float(f["seconds"]))
-    if op == "apply_pulses":
-        batch = PulseBatch(
-            core=f["core"].astype(np.int64), row=f["row"].astype(np.int64), col=f["col"].astype(np.int64),
-            device=f["device"].astype(np.int64), kind=f["kind"].astype(np.uint8),
-            amplitude_ua=f["amplitude_ua"].astype(np.float64), width_ns=f["width_ns"].astype(np.float64),
-        )
-        return chip._apply_pulses(batch)
-    if op == "read_devices":
-        return chip._read_devices(*(f[k].astype(np.int64) for k in ("core", "row", "col", "device")))
-    if op == "read_cells":
-        return chip._read_cells(*(f[k].astype(np.int64) for k in ("core", "row", "col")))
-    if op == "mvm":
-        cores = f["cores"].astype(np.int64)
-        x = f["x"]
-        if f["x_shared"]:
-            x = np.broadcast_to(x, (cores.size, *x.shape[1:]))
-        return chip._mvm(x, cores, _MVM_OUTPUTS[int(f["output"])], _MVM_MODES[int(f["mode"])])
-    if op == "set_ldpu":
-        regs = LdpuRegisters(f["scale"].astype(np.float16), f["offset"].astype(np.float16), f["relu"].astype(bool))
-        return chip._set_ldpu(f["cores"].astype(np.int64), regs)
-    if op == "get_ldpu":
-        return chip._get_ldpu(f["cores"].astype(np.int64))
-    raise HilError(f"unknown journal op {op!r}")
+    spec = OPS.get(op)
+    if spec is None:
+        raise HilError(f"unknown journal op {op!r}; known: {', '.join(OPS)}")
+    return spec.call(chip, fields)
 
 
-def _result_fields(op: str, result: Any) -> dict[str, Any]:
-    if op == "now":
-        return {"t": float(result)}
-    if op in ("read_devices", "read_cells"):
-        return {"counts": _np(result)}
-    if op == "mvm":
-        return {"y": _np(result)}
-    if op == "get_ldpu":
-        return {"scale": _np(result.scale), "offset": _np(result.offset), "relu": _np(result.relu)}
-    return {}
+def result_difference(op: str, recorded: dict[str, Any], result: Any) -> tuple[str, str] | None:
+    """(field, why) of the first result field of ``op`` that differs from the recording, or None."""
+    for name, value in OPS[op].result_fields(result).items():
+        why = _difference(recorded[name], value)
+        if why is not None:
+            return name, why
+    return None
 
 
+@implement_ops
 class ReplayChip(Chip):
     """A :class:`hil.Chip` answering from the journal of a run file.
 
-    ``source``: run file path or an open :class:`hil.runfile.RunReader`. ``live``: a chip to use
+    ``source``: run file path or an open :class:`hil.runs.RunReader`. ``live``: a chip to use
     after the journal ends (resume); without one, a call past the end raises
     :class:`hil.ReplayMismatchError`. ``reexecute``: also run recorded calls on ``live`` and check
     their results and chip clock (rebuilds in-process chip state). ``on_live``: called once, just
@@ -164,6 +136,8 @@ class ReplayChip(Chip):
     @classmethod
     def from_spec(cls, spec: str, *, seed: int | None = None) -> ReplayChip:
         """``spec`` is the run file's path (``--chip replay:FILE``); ``seed`` is ignored."""
+        if not spec:
+            raise ChipInputError("chip spec 'replay:' needs a run file: --chip replay:PATH/TO/RUN.h5")
         return cls(Path(spec))
 
     @property
@@ -194,18 +168,12 @@ class ReplayChip(Chip):
         if self._live is not None:
             self._live.close()
 
-    # ------------------------------------------------------------------ hooks for RecordingChip
-    def recorded_clock(self) -> float:
-        """Chip time after the call just served (recorded), or the live chip's clock once live."""
-        if self._last is not None:
-            return self._last.t_chip
-        if self._live is not None:
-            return self._live.now()
-        return 0.0
-
-    def recorded_wall(self) -> tuple[float, float] | None:
-        """(wall start, duration) of the recorded call just served; None once live."""
-        return None if self._last is None else (self._last.t_wall, self._last.dt_wall)
+    # ------------------------------------------------------------------ hook for RecordingChip
+    def recorded_timing(self) -> RecordedTiming | None:
+        """Chip time and wall times of the recorded call just served; None once live."""
+        if self._last is None:
+            return None
+        return RecordedTiming(self._last.t_chip, self._last.t_wall, self._last.dt_wall)
 
     # ------------------------------------------------------------------ matching
     def _mismatch(self, message: str, index: int | None = None) -> ReplayMismatchError:
@@ -241,110 +209,51 @@ class ReplayChip(Chip):
         self._last = rec
         return rec
 
-    def _serve(self, op: str, args: dict[str, Any], live_fn: Callable[[], Any], from_record: Callable[[JournalCall], Any]) -> Any:
-        rec = self._next(op, args)
+    def _op(self, op: Op, *method_args: Any) -> Any:
+        """Serve one call of ``op``: check it against the journal, answer from it (or re-execute, or go live)."""
+        args = op.pack(*method_args)
+        rec = self._next(op.name, args)
+        live = self._live
         if rec is None:
-            assert self._live is not None
-            return live_fn()
+            assert live is not None
+            return getattr(live, op.method)(*method_args)
         if not self._reexecute:
             if rec.error is not None:
                 raise recorded_error(rec)
-            return from_record(rec)
+            return op.result_from(rec.fields)
+        assert live is not None
         try:
-            result = live_fn()
+            result = getattr(live, op.method)(*method_args)
         except Exception as exc:
             if rec.error is None:
                 raise self._mismatch(
-                    f"re-executing {op} on the live chip raised {exc!r}; the recording has no error.", rec.index
+                    f"re-executing {op.name} on the live chip raised {exc!r}; the recording has no error.", rec.index
                 ) from exc
             raise
         if rec.error is not None:
-            raise self._mismatch(f"re-executing {op} succeeded on the live chip but the recording has {rec.error[0]}.", rec.index)
-        for name, value in _result_fields(op, result).items():
-            why = _difference(rec.fields[name], value)
-            if why is not None:
-                raise self._mismatch(
-                    f"re-executing {op} on the live chip gave another {name!r} ({why}); "
-                    "the chip is not the recorded one (spec, seed, preceding runs) or is not deterministic.",
-                    rec.index,
-                )
-        t_live = float(self._live.now()) if self._live is not None else rec.t_chip
+            raise self._mismatch(
+                f"re-executing {op.name} succeeded on the live chip but the recording has {rec.error[0]}.", rec.index
+            )
+        diff = result_difference(op.name, rec.fields, result)
+        if diff is not None:
+            name, why = diff
+            if op.name == "now":
+                raise self._mismatch(f"the live chip clock reads {result} s vs recorded {rec.fields['t']} s.", rec.index)
+            raise self._mismatch(
+                f"re-executing {op.name} on the live chip gave another {name!r} ({why}); "
+                "the chip is not the recorded one (spec, seed, preceding runs) or is not deterministic.",
+                rec.index,
+            )
+        t_live = float(live.now())
         if not (t_live == rec.t_chip or (np.isnan(t_live) and np.isnan(rec.t_chip))):
             raise self._mismatch(
-                f"after re-executing {op} the live chip clock reads {t_live} s vs recorded {rec.t_chip} s.", rec.index
+                f"after re-executing {op.name} the live chip clock reads {t_live} s vs recorded {rec.t_chip} s.", rec.index
             )
         return result
 
     # ------------------------------------------------------------------ the chip interface
     def now(self) -> float:
-        rec = self._next("now", {})
-        if rec is None:
-            assert self._live is not None
-            return float(self._live.now())
-        if self._reexecute:
-            assert self._live is not None
-            t = float(self._live.now())
-            if t != rec.fields["t"]:
-                raise self._mismatch(f"the live chip clock reads {t} s vs recorded {rec.fields['t']} s.", rec.index)
-        return float(rec.fields["t"])
-
-    def _sleep(self, seconds: float) -> None:
-        live = self._live
-        self._serve("sleep", {"seconds": seconds}, lambda: live._sleep(seconds), lambda r: None)  # type: ignore[union-attr]
-
-    def _apply_pulses(self, batch: PulseBatch) -> None:
-        args = {
-            "core": batch.core, "row": batch.row, "col": batch.col, "device": batch.device,
-            "kind": batch.kind, "amplitude_ua": batch.amplitude_ua, "width_ns": batch.width_ns,
-        }
-        live = self._live
-        self._serve("apply_pulses", args, lambda: live._apply_pulses(batch), lambda r: None)  # type: ignore[union-attr]
-
-    def _read_devices(self, core: np.ndarray, row: np.ndarray, col: np.ndarray, device: np.ndarray) -> np.ndarray:
-        live = self._live
-        return self._serve(
-            "read_devices",
-            {"core": core, "row": row, "col": col, "device": device},
-            lambda: live._read_devices(core, row, col, device),  # type: ignore[union-attr]
-            lambda r: r.fields["counts"].astype(np.int32),
-        )
-
-    def _read_cells(self, core: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-        live = self._live
-        return self._serve(
-            "read_cells",
-            {"core": core, "row": row, "col": col},
-            lambda: live._read_cells(core, row, col),  # type: ignore[union-attr]
-            lambda r: r.fields["counts"].astype(np.int32),
-        )
-
-    def _mvm(self, x: Any, cores: np.ndarray, output: str, mode: str) -> Any:
-        shared = _is_broadcast(x)
-        args = {
-            "x": _np(x[:1] if shared else x), "x_shared": int(shared), "cores": cores,
-            "output": MVM_OUTPUT_CODES[output], "mode": MVM_MODE_CODES[mode],
-        }
-        live = self._live
-        dtype = np.int8 if output == "ldpu" else np.int32
-        return self._serve(
-            "mvm", args, lambda: live._mvm(x, cores, output, mode), lambda r: r.fields["y"].astype(dtype)  # type: ignore[union-attr]
-        )
-
-    def _set_ldpu(self, cores: np.ndarray, regs: LdpuRegisters) -> None:
-        args = {"cores": cores, "scale": regs.scale, "offset": regs.offset, "relu": regs.relu}
-        live = self._live
-        self._serve("set_ldpu", args, lambda: live._set_ldpu(cores, regs), lambda r: None)  # type: ignore[union-attr]
-
-    def _get_ldpu(self, cores: np.ndarray) -> LdpuRegisters:
-        live = self._live
-        return self._serve(
-            "get_ldpu",
-            {"cores": cores},
-            lambda: live._get_ldpu(cores),  # type: ignore[union-attr]
-            lambda r: LdpuRegisters(
-                r.fields["scale"].astype(np.float16), r.fields["offset"].astype(np.float16), r.fields["relu"].astype(bool)
-            ),
-        )
+        return float(self._op(OPS["now"]))
 
 
 def reexecute_journal(chip: Chip, source: str | os.PathLike[str] | RunReader) -> int:
@@ -366,13 +275,12 @@ def reexecute_journal(chip: Chip, source: str | os.PathLike[str] | RunReader) ->
                         f"re-executing {reader.path.name} call #{i} ({rec.op}) raised {exc!r}; the recording has no error."
                     ) from exc
                 continue
-            for name, value in _result_fields(rec.op, result).items():
-                why = _difference(rec.fields[name], value)
-                if why is not None:
-                    raise ReplayMismatchError(
-                        f"re-executing {reader.path.name} call #{i} ({rec.op}) gave another {name!r} ({why}); "
-                        "the chip is not the recorded one or is not deterministic."
-                    )
+            diff = result_difference(rec.op, rec.fields, result)
+            if diff is not None:
+                raise ReplayMismatchError(
+                    f"re-executing {reader.path.name} call #{i} ({rec.op}) gave another {diff[0]!r} ({diff[1]}); "
+                    "the chip is not the recorded one or is not deterministic."
+                )
         return len(journal)
     finally:
         if not isinstance(source, RunReader):

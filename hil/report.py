@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hil.runfile import RunReader
+from hil.runs import RunReader
 
 MAX_PANELS = 12
 

@@ -63,7 +63,7 @@ def _program(chip: Chip, cfg: MvmSweepConfig, cores: np.ndarray, w: np.ndarray, 
     positive = d < half
     # The weight's polarity gets |w| spread over its devices; the other polarity stays RESET.
     target = np.where(positive == (w_dev >= 0), np.abs(w_dev) * cfg.weight_counts, 0.0)
-    chip.apply_pulses(c, r, k, d, PulseKind.RESET, RESET_UA, RESET_NS)
+    chip.apply_pulses(c, r, k, d, kind=PulseKind.RESET, amplitude_ua=RESET_UA, width_ns=RESET_NS)
     todo = np.flatnonzero(target > cfg.tolerance_counts)
     frac = np.clip(target[todo] / cfg.g_set_counts, 0.02, 0.98)
     amp = cfg.amp_mid_ua - cfg.amp_width_ua * np.log(frac / (1.0 - frac))
@@ -73,7 +73,7 @@ def _program(chip: Chip, cfg: MvmSweepConfig, cores: np.ndarray, w: np.ndarray, 
     for it in range(n_iter):
         if todo.size == 0:
             break
-        chip.apply_pulses(c[todo], r[todo], k[todo], d[todo], PulseKind.PARTIAL, amp, PARTIAL_NS)
+        chip.apply_pulses(c[todo], r[todo], k[todo], d[todo], kind=PulseKind.PARTIAL, amplitude_ua=amp, width_ns=PARTIAL_NS)
         read = chip.read_devices(c[todo], r[todo], k[todo], d[todo]).astype(np.float64)
         err = read - target[todo]
         rms = float(np.sqrt(np.mean(err**2)))
@@ -90,7 +90,7 @@ def plots(run_file: str | Path, out_dir: str | Path) -> list[Path]:
     """Relative MVM error vs input scale per core, and read-back vs target weights."""
     from matplotlib.figure import Figure
 
-    from hil.runfile import RunReader
+    from hil.runs import RunReader
 
     out = Path(out_dir)
     paths: list[Path] = []

@@ -1,7 +1,7 @@
 """Figures of the programming, calibration and drift protocols for ``hil report``.
 
 Each function takes a run file path and an output folder, reads the streams its protocol logged
-(with :class:`hil.runfile.RunReader`, i.e. h5py) and writes PNG files (matplotlib, Agg canvas, no
+(with :class:`hil.runs.RunReader`, i.e. h5py) and writes PNG files (matplotlib, Agg canvas, no
 pyplot state), returning their paths. Streams a run does not have (an aborted run, a protocol
 option that was off) are skipped, so a partial run still gets the figures its data allows.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hil.runfile import RunReader
+from hil.runs import RunReader
 
 #: Cells drawn at most in scatter plots (a random subset beyond that).
 _MAX_POINTS = 20_000

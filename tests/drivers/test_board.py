@@ -16,7 +16,7 @@ from drivers.board import LabChip, normalize_address
 from drivers.instrument import default_resource_manager
 from emulator import EmulatedChip
 from emulator.server import ServerThread
-from hil.backends import backend_class
+from hil.chips import backend_class
 from hil.errors import ChipCommunicationError, ChipInputError
 from hil.protocol import MemoryRunLog
 
@@ -98,11 +98,11 @@ def test_bad_input_is_refused_before_anything_is_sent(served):
     _, lab = served
     sent = lab.stats["requests"]
     with pytest.raises(ChipInputError, match="core=2 is out of range"):
-        lab.apply_pulses([2], 0, 0, 0, hil.PulseKind.SET, 125.0, 250.0)
+        lab.apply_pulses([2], 0, 0, 0, kind=hil.PulseKind.SET, amplitude_ua=125.0, width_ns=250.0)
     with pytest.raises(ChipInputError, match="x contains 200"):
         lab.mvm(np.full((1, SMALL.n_rows), 200))
     with pytest.raises(hil.SafetyLimitError, match=r"write-head limit of 800\.0 uA"):
-        lab.apply_pulses([0], 0, 0, 0, hil.PulseKind.PARTIAL, 900.0, 100.0)
+        lab.apply_pulses([0], 0, 0, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=900.0, width_ns=100.0)
     assert lab.stats["requests"] == sent
 
 
@@ -122,7 +122,7 @@ def test_station_limit_below_the_chips_own(served):
     trips = []
     lab = LabChip(srv.address, max_pulse_ua=300.0, trip_handler=lambda chip, why: trips.append(why))
     with pytest.raises(hil.SafetyLimitError, match=r"pulse 1: amplitude_ua=350\.0 exceeds the station write-head limit of 300\.0"):
-        lab.apply_pulses([0, 0], [0, 1], 0, 0, hil.PulseKind.PARTIAL, [200.0, 350.0], 125.0)
+        lab.apply_pulses([0, 0], [0, 1], 0, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=[200.0, 350.0], width_ns=125.0)
     assert len(trips) == 1
     lab.close()
 
@@ -186,7 +186,7 @@ def test_large_messages_identical_with_and_without_the_fast_socket_path(served, 
     amps = rng.uniform(150.0, 650.0, c.size)  # float64 that float32 cannot hold: 8 bytes per pulse, > 64 KiB
     x = rng.integers(-127, 128, (2, 1500, SMALL.n_rows)).astype(np.int8)  # 96 KiB request, 384 KiB reply
     for chip in (local, lab):
-        chip.apply_pulses(c, r, k, d, hil.PulseKind.PARTIAL, amps, 125.0)
+        chip.apply_pulses(c, r, k, d, kind=hil.PulseKind.PARTIAL, amplitude_ua=amps, width_ns=125.0)
     y_local, y_lab = local.mvm(x), lab.mvm(x)
     assert y_lab.dtype == np.int32 and y_lab.flags.writeable and y_lab.flags.owndata
     np.testing.assert_array_equal(y_lab, y_local)
@@ -197,7 +197,7 @@ def test_large_messages_identical_with_and_without_the_fast_socket_path(served, 
 
 
 def test_bench_smoke_reports_identical_results_and_timings():
-    from drivers.bench import run_bench
+    from tests.benchmarks.bench_drivers import run_bench
 
     out = run_bench(cores=2, rows=32, cols=32, batches=(1, 8), calls={1: 3, 8: 3})
     assert out["bit_identical"] is True

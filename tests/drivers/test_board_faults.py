@@ -63,12 +63,12 @@ def test_retry_of_a_request_still_running_waits_for_it():
 
     with ServerThread(SlowChip(seed=3, geometry=SMALL)) as srv:
         lab = LabChip(srv.address, timeout_s=0.25, reconnect_timeout_s=10, backoff_initial_s=0.01)
-        lab.apply_pulses([0, 1], 2, 3, 0, hil.PulseKind.PARTIAL, 400.0, 125.0)
+        lab.apply_pulses([0, 1], 2, 3, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=400.0, width_ns=125.0)
         counts = lab.read_devices([0, 1], 2, 3, 0)
         stats = dict(srv.server.stats)
         lab.close()
     ref = EmulatedChip(seed=3, geometry=SMALL)
-    ref.apply_pulses([0, 1], 2, 3, 0, hil.PulseKind.PARTIAL, 400.0, 125.0)
+    ref.apply_pulses([0, 1], 2, 3, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=400.0, width_ns=125.0)
     np.testing.assert_array_equal(counts, ref.read_devices([0, 1], 2, 3, 0))
     assert lab.stats["retries"] >= 1 and stats["replayed"] >= 1
     assert applied == [2]  # the batch ran once although it was sent twice
@@ -120,7 +120,7 @@ def test_board_killed_for_good_fails_after_the_reconnect_budget(server_process):
     server_process[0].wait()
     t0 = time.monotonic()
     with pytest.raises(ChipCommunicationError, match=r"did not answer PULSE \(request \w+-\d+\) after \d+ attempt\(s\) over 1 s"):
-        lab.apply_pulses([0], 0, 0, 0, hil.PulseKind.SET, 125.0, 250.0)
+        lab.apply_pulses([0], 0, 0, 0, kind=hil.PulseKind.SET, amplitude_ua=125.0, width_ns=250.0)
     assert time.monotonic() - t0 < 5.0
     lab.close()
 

@@ -16,8 +16,8 @@ from .conftest import SMALL
 from .helpers import MiniConfig, mini_protocol
 from .test_station import BENCH, write
 
-engine = pytest.importorskip("hil.engine")
-runfile = pytest.importorskip("hil.runfile")
+engine = pytest.importorskip("hil.runner")
+runfile = pytest.importorskip("hil.runs")
 
 class PulseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -25,9 +25,9 @@ class PulseConfig(BaseModel):
 
 
 def pulse_protocol(chip: hil.Chip, config: PulseConfig, run: Any) -> dict[str, Any]:
-    chip.apply_pulses([0], 1, 1, 0, hil.PulseKind.PARTIAL, 300.0, 125.0)
+    chip.apply_pulses([0], 1, 1, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=300.0, width_ns=125.0)
     run.log("reads", counts=chip.read_devices([0], 1, 1, 0))
-    chip.apply_pulses([0, 1], 1, 1, 0, hil.PulseKind.PARTIAL, config.amplitude_ua, 125.0)
+    chip.apply_pulses([0, 1], 1, 1, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=config.amplitude_ua, width_ns=125.0)
     return {"done": True}
 
 

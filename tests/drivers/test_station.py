@@ -139,11 +139,11 @@ def test_pulse_above_the_station_limit_never_reaches_the_board(tmp_path):
         assert chip.geometry == hil.Geometry(n_cores=2, n_rows=16, n_cols=16)
         st["psu"].output(1).voltage_v = 1.0
         st["psu"].output(1).output_enabled = True
-        chip.apply_pulses([0, 1], 3, 4, 0, hil.PulseKind.PARTIAL, 450.0, 125.0)
+        chip.apply_pulses([0, 1], 3, 4, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=450.0, width_ns=125.0)
         before = chip.board_stats()["executed"]
         chip.read_devices([0, 1], 3, 4, 0)
         with pytest.raises(SafetyLimitError, match=r"amplitude_ua=600\.0 exceeds the station write-head limit of 500\.0 uA"):
-            chip.apply_pulses([0, 1], 3, 4, 0, hil.PulseKind.PARTIAL, np.array([450.0, 600.0]), 125.0)
+            chip.apply_pulses([0, 1], 3, 4, 0, kind=hil.PulseKind.PARTIAL, amplitude_ua=np.array([450.0, 600.0]), width_ns=125.0)
         assert st["psu"].output(1).output_enabled is False
         stats = chip.board_stats()
         assert stats["executed"] == before + 2  # the read and this STATS, no PULSE

@@ -48,7 +48,7 @@ def steps(chip: Chip, config: StepsConfig, run: RunLog) -> dict[str, Any]:
         core = rng.integers(0, g.n_cores, n)
         row, col, dev = rng.integers(0, g.n_rows, n), rng.integers(0, g.n_cols, n), rng.integers(0, g.n_devices, n)
         amp = rng.uniform(150.0, 650.0, n)
-        chip.apply_pulses(core, row, col, dev, PulseKind.PARTIAL, amp, 125.0)
+        chip.apply_pulses(core, row, col, dev, kind=PulseKind.PARTIAL, amplitude_ua=amp, width_ns=125.0)
         counts = chip.read_devices(core, row, col, dev)
         if config.mvm:
             x = rng.integers(-127, 128, (config.batch, g.n_rows)).astype(np.int8)

@@ -11,7 +11,7 @@ import h5py
 import pytest
 
 from hil.cli import DEMO_STEPS
-from hil.runfile import LAYOUT_VERSION, RunReader
+from hil.runs import LAYOUT_VERSION, RunReader
 from tests.hil.conftest import SMALL_CHIP, sha256
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -164,7 +164,7 @@ def test_the_installed_console_script_runs(tmp_path: Path) -> None:
 
 
 def test_bench_and_emulate_forward_their_arguments(cli) -> None:
-    pytest.importorskip("emulator.bench")
+    pytest.importorskip("tests.benchmarks.bench_emulator")
     res = cli("bench", "--help")
     assert res.code == 0 and "usage: hil bench" in res.out and "--batches" in res.out
     pytest.importorskip("emulator.server")

@@ -8,16 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil.engine import (
-    ConfigError,
-    resolve_config,
-    run_protocol,
-)
-from hil.errors import ReplayMismatchError
+from hil.config import resolve_config
+from hil.errors import ConfigError, ReplayMismatchError
 from hil.journal import InterruptGuard
 from hil.protocol import UnknownProtocolError, get_protocol
 from hil.replay import ReplayChip
-from hil.runfile import RunReader
+from hil.runner import run_protocol
+from hil.runs import RunReader
 from tests.hil.conftest import SMALL_CHIP, popen_hil, sha256
 
 
@@ -73,7 +70,7 @@ def test_success_records_metadata_summary_and_index(tmp_path: Path) -> None:
         assert meta["status"] == "success" and meta["exit_reason"] == "completed" and meta["exception_type"] == ""
         assert meta["summary"] == res.summary and meta["n_calls"] == 15
         assert r.n_rows("steps") == 3 and len(r.journal) == 15
-    from hil.index import RunIndex
+    from hil.runs import RunIndex
 
     (entry,) = RunIndex(tmp_path).entries()
     assert entry["run_id"] == res.run_id and entry["effective_status"] == "success" and entry["n_calls"] == 15
@@ -163,7 +160,7 @@ def _first_call_with_other_device(path: Path) -> None:
     chip = ReplayChip(path)
     call = chip.journal.call(0)
     f = call.fields
-    chip.apply_pulses(f["core"], f["row"], f["col"], (f["device"] + 1) % 4, f["kind"], f["amplitude_ua"], f["width_ns"])
+    chip.apply_pulses(f["core"], f["row"], f["col"], (f["device"] + 1) % 4, kind=f["kind"], amplitude_ua=f["amplitude_ua"], width_ns=f["width_ns"])
 
 
 def test_a_protocol_module_that_fails_to_import_is_skipped_and_named(monkeypatch) -> None:

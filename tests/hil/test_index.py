@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hil.engine import run_protocol
-from hil.index import INDEX_NAME, RunIndex
+from hil.runner import run_protocol
+from hil.runs import INDEX_NAME, RunIndex
 from tests.hil.conftest import SMALL_CHIP
 
 

@@ -36,7 +36,7 @@ def test_mvm_error_is_small_with_an_ideal_periphery_and_grows_with_noise() -> No
 
 def test_take_cores_as_they_are_makes_no_pulses_and_logs_each_core_scale_repeat(tmp_path) -> None:
     from hil.journal import RecordingChip
-    from hil.runfile import RunReader, RunWriter
+    from hil.runs import RunReader, RunWriter
 
     writer = RunWriter(tmp_path / "j.h5", {"run_id": "j", "protocol": "mvm-sweep"})
     run = MemoryRunLog(seed=0)

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil.engine import resume_run, run_protocol
 from hil.errors import HilError
-from hil.index import RunIndex
-from hil.runfile import RunReader
+from hil.runner import resume_run, run_protocol
+from hil.runs import RunIndex, RunReader
 from tests.hil.conftest import SMALL_CHIP, popen_hil, run_hil_subprocess, sha256
 
 STEPS = 12

@@ -17,7 +17,7 @@ import pytest
 from hil import Geometry, grid
 from hil.journal import RecordingChip
 from hil.replay import ReplayChip
-from hil.runfile import LAYOUT_VERSION, LayoutVersionError, RunFileError, RunLogError, RunReader, RunWriter
+from hil.runs import LAYOUT_VERSION, LayoutVersionError, RunFileError, RunLogError, RunReader, RunWriter
 from tests.hil.conftest import sha256
 
 GEO = Geometry(n_cores=2, n_rows=16, n_cols=16)
@@ -37,7 +37,7 @@ def _exercise(chip) -> list:
     """Every journaled operation once or twice; returns what the chip answered."""
     c, r, k, d = grid([0, 1], range(4), range(16), range(4))
     out = []
-    chip.apply_pulses(c, r, k, d, 2, 400.0, 125.0)
+    chip.apply_pulses(c, r, k, d, kind=2, amplitude_ua=400.0, width_ns=125.0)
     out.append(chip.read_devices(c, r, k, d))
     x = np.random.default_rng(0).integers(-127, 128, (3, 16)).astype(np.int8)
     out.append(chip.mvm(x))
@@ -149,7 +149,7 @@ def test_data_reaches_disk_within_a_second_and_a_reader_can_follow_it(tmp_path: 
     time.sleep(1.0)
     # Another process holds the file open (SWMR read) while the writer keeps appending.
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from hil.runfile import RunReader; import time; r = RunReader({str(path)!r}); "
+        [sys.executable, "-c", f"from hil.runs import RunReader; import time; r = RunReader({str(path)!r}); "
          "print(r.stream('s')['i'].tolist(), flush=True); time.sleep(2.5); r.close()"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -188,7 +188,7 @@ def test_a_killed_writer_leaves_a_readable_incomplete_file(tmp_path: Path) -> No
     script = textwrap.dedent(f"""
         import os, signal, time
         import numpy as np
-        from hil.runfile import RunWriter
+        from hil.runs import RunWriter
         w = RunWriter({str(path)!r}, {{"run_id": "killed", "protocol": "unit"}})
         for i in range(50):
             w.log("s", i=i, v=np.full((1, 8), i))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.engine import run_protocol
+from hil.runner import run_protocol
 from hil.telemetry import MqttTelemetry
 from tests.hil.conftest import SMALL_CHIP
 

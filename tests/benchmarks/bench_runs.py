@@ -1,4 +1,4 @@
-"""Benchmarks of run files: ``python -m hil.bench_runs [--json] [--calls N] [--mvm-calls N]``.
+"""Benchmarks of run files: ``python -m tests.benchmarks.bench_runs [--json] [--calls N] [--mvm-calls N]``.
 
 1. Journaling overhead: a protocol making ``--calls`` (10,000) small chip calls on a small emulated
    chip, run bare (``MemoryRunLog``, no journal) and through the engine (recording wrapper, HDF5 run
@@ -7,7 +7,7 @@
    A steadier figure on a shared machine: the CPU time recording adds per call, measured against an
    instant chip (protocol thread and writer thread), as a fraction of the emulator's time per call.
 2. Write throughput for large MVM batches: ``--mvm-calls`` calls of x (1, B, 256) int8 shared over
-   C cores and y (C, B, 256) int32 ADC counts, journaled by :class:`hil.runfile.RunWriter` (auto
+   C cores and y (C, B, 256) int32 ADC counts, journaled by :class:`hil.runs.RunWriter` (auto
    compression and none) next to a plain h5py write of the same arrays into one chunked dataset.
    MB/s counts the array bytes handed over (x + y), wall time to the closed file.
 """
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hil.chip import Chip, ChipInfo, Geometry, PulseKind
 from hil.protocol import MemoryRunLog, RunLog, register_protocol
-from hil.runfile import LIBVER, RunWriter
+from hil.runs import LIBVER, RunWriter
 
 
 class SmallCallsConfig(BaseModel):
@@ -50,7 +50,7 @@ def small_calls(chip: Chip, config: SmallCallsConfig, run: RunLog) -> dict[str, 
     x = rng.integers(-127, 128, (n_iter, 1, g.n_rows)).astype(np.int8)
     acc = 0
     for i in range(n_iter):
-        chip.apply_pulses(core[i], row[i], col[i], dev[i], PulseKind.PARTIAL, amp[i], 125.0)
+        chip.apply_pulses(core[i], row[i], col[i], dev[i], kind=PulseKind.PARTIAL, amplitude_ua=amp[i], width_ns=125.0)
         acc += int(chip.read_devices(core[i], row[i], col[i], dev[i]).sum())
         acc += int(np.asarray(chip.mvm(x[i], [int(core[i, 0])])).sum())
         chip.now()
@@ -65,8 +65,8 @@ def bench_overhead(calls: int, repeats: int, spec: str) -> dict[str, Any]:
     Process CPU time (all threads, including the run writer's) is the steadier figure on a shared
     machine, where other processes steal wall time from one run or the other.
     """
-    from hil.backends import backend_class
-    from hil.engine import run_protocol
+    from hil.chips import backend_class
+    from hil.runner import run_protocol
 
     emulator = backend_class("emulator")
     cfg = SmallCallsConfig(calls=calls)
@@ -228,7 +228,7 @@ def bench_throughput(n_calls: int, cores: int, batch: int, repeats: int = 3) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil.bench_runs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--calls", type=int, default=10_000, help="small chip calls for the overhead test")
     parser.add_argument("--repeats", type=int, default=5, help="paired repeats (median) for the overhead test")
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - torch comes with the emulator
         pass
     overhead = bench_overhead(args.calls, args.repeats, args.chip)
-    from hil.backends import backend_class
+    from hil.chips import backend_class
 
     cost = bench_cost(args.calls, args.repeats, backend_class("emulator").from_spec(args.chip, seed=0).geometry)
     per_call = cost["protocol_thread_us_per_call"] + cost["writer_thread_us_per_call"]

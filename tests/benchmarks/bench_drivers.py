@@ -1,6 +1,6 @@
 """Benchmark of the lab path: full-chip MVMs over loopback next to the in-process emulator, same run.
 
-``python -m drivers.bench --json`` starts ``python -m emulator.server`` on a free local port,
+``python -m tests.benchmarks.bench_drivers --json`` starts ``python -m emulator.server`` on a free local port,
 builds an in-process emulated chip of the same preset, seed and geometry, programs both alike
 (one PARTIAL pulse on two devices of every cell, random currents) and times full-chip MVMs
 (every core, 8-bit inputs, ADC output) at batch 1 and 1024, with inputs shared by all cores
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hil.backends import backend_class
 from hil.chip import PulseKind, grid
+from hil.chips import backend_class
 
 
 def _interleaved(local_fn: Any, lab_fn: Any, lab: Any, calls: int) -> dict[str, float]:
@@ -95,7 +95,7 @@ def run_bench(
             timing = {}
             for name, chip in (("inproc", local), ("lab", lab)):
                 t = time.perf_counter()
-                chip.apply_pulses(c, r, k, d, PulseKind.PARTIAL, amps, 125.0)
+                chip.apply_pulses(c, r, k, d, kind=PulseKind.PARTIAL, amplitude_ua=amps, width_ns=125.0)
                 timing[f"{name}_s"] = time.perf_counter() - t
             out["programming"] = {"pulses": int(c.size), **timing}
         results = []
@@ -136,7 +136,7 @@ def _cpus() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m drivers.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_drivers", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--preset", default="hermes")
     p.add_argument("--seed", type=int, default=0)

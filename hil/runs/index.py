@@ -18,45 +18,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hil.errors import HilError
-from hil.runfile import RunFileError, _pid_alive, read_attrs
+from hil.errors import HilError, RunFileError
+from hil.runs.liveness import pid_alive
+from hil.runs.metadata import IndexEntry
+from hil.runs.reader import read_attrs
 
 INDEX_NAME = "hil-index.jsonl"
 LOCK_NAME = ".hil-index.lock"
-#: Keys an index entry may carry (all optional except run_id and file).
-ENTRY_KEYS = (
-    "run_id", "file", "protocol", "status", "started_at", "started_unix", "stopped_at", "seed", "chip",
-    "reason", "host", "pid", "n_calls", "wall_s", "replay_of",
-)
+#: Keys an index entry may carry (all optional except run_id and file): the fields of IndexEntry.
+ENTRY_KEYS: tuple[str, ...] = tuple(IndexEntry.model_fields)
 
 
 def entry_from_attrs(attrs: dict[str, Any], file_name: str) -> dict[str, Any]:
-    """An index entry from a run file's attributes."""
-    entry = {
-        "run_id": attrs.get("run_id", Path(file_name).stem),
-        "file": file_name,
-        "protocol": attrs.get("protocol", ""),
-        "status": attrs.get("status", "running"),
-        "started_at": attrs.get("started_at", ""),
-        "started_unix": attrs.get("started_unix", 0.0),
-        "stopped_at": attrs.get("stopped_at", ""),
-        "seed": attrs.get("seed", 0),
-        "chip": attrs.get("chip_spec", "") or attrs.get("chip_backend", ""),
-        "reason": attrs.get("exit_reason", ""),
-        "host": attrs.get("host", ""),
-        "pid": attrs.get("pid", 0),
-        "n_calls": attrs.get("n_calls"),
-        "wall_s": attrs.get("wall_s"),
-        "replay_of": attrs.get("replay_of", ""),
-    }
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in entry.items()}
+    """An index entry (a JSON-able dict) from a run file's root attributes."""
+    return IndexEntry.from_attrs(attrs, file_name).model_dump()
 
 
 def effective_status(entry: dict[str, Any]) -> str:
     """``incomplete`` for a run still marked running whose writer process on this host is gone."""
     status = entry.get("status", "running")
     pid, started = int(entry.get("pid") or 0), float(entry.get("started_unix") or 0.0)
-    if status == "running" and entry.get("host") == socket.gethostname() and not _pid_alive(pid, started):
+    if status == "running" and entry.get("host") == socket.gethostname() and not pid_alive(pid, started):
         return "incomplete"
     return status
 

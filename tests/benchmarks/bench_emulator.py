@@ -88,7 +88,7 @@ def run_bench(batches: tuple[int, ...] = (1, 64, 1024), min_time_s: float = 2.0,
     amps = rng.uniform(125, 700, core.size)
 
     def pulse_call() -> None:
-        chip.apply_pulses(core, row, col, 0, PulseKind.PARTIAL, amps, 125.0)
+        chip.apply_pulses(core, row, col, 0, kind=PulseKind.PARTIAL, amplitude_ua=amps, width_ns=125.0)
 
     result["pulses_per_s"] = round(_rate(pulse_call, min_time_s / 2) * core.size, 1)
     result["pulses_per_call"] = int(core.size)

@@ -1,4 +1,4 @@
-"""``python -m protocols.bench``: wall time and chip time to program a core and the whole chip.
+"""``python -m tests.benchmarks.bench_protocols``: wall time and chip time to program a core and the whole chip.
 
 For each method - program-and-verify (HERMES), GDP from scratch, and P&V followed by GDP - and for
 one full 256 x 256 core and all 64 cores of the emulated ``hermes`` chip, it programs uniform random
@@ -74,7 +74,7 @@ def _warm_up(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m protocols.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_protocols", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--cores", type=int, nargs="+", default=[1, 64], help="chip sizes in cores (default 1 64)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

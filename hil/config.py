@@ -1,0 +1,158 @@
+"""Protocol configuration: model defaults, then a YAML file, then ``--set key=value`` items, validated.
+
+Every error names the bad key or value and the valid ones (:class:`hil.errors.ConfigError`).
+YAML is read with ``yaml.safe_load`` (no Python objects).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from hil.errors import ConfigError
+from hil.protocol import ProtocolSpec
+
+
+def _model_fields_at(model: type[BaseModel], path: Sequence[Any]) -> type[BaseModel] | None:
+    for part in path:
+        info = model.model_fields.get(str(part))
+        ann = getattr(info, "annotation", None) if info else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def format_validation_error(name: str, model: type[BaseModel], exc: ValidationError) -> str:
+    """One line per problem: unknown keys list the valid ones, bad values name value and rule."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(config)"
+        if err["type"] == "extra_forbidden":
+            parent = _model_fields_at(model, err["loc"][:-1])
+            valid = ", ".join(parent.model_fields) if parent else "(see hil protocols)"
+            lines.append(f"unknown config key {loc!r}; valid keys: {valid}")
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict) else "{...}"
+            lines.append(f"{loc}={shown}: {err['msg']}")
+    return (
+        f"invalid config for protocol {name!r}:\n  " + "\n  ".join(lines)
+        + f"\nFix the YAML file or --set item (`hil protocols {name}` lists keys, defaults and limits)."
+    )
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """``a.b=VALUE`` -> ``{"a": {"b": value}}``; VALUE is read as YAML (numbers, lists, true/false)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. --set batch=64), got {item!r}.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML mapping of config keys (an empty file is an empty mapping)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}.") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values, got a {type(data).__name__}.")
+    return data
+
+
+def resolve_config(
+    spec: ProtocolSpec,
+    *,
+    base: dict[str, Any] | BaseModel | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    sets: Iterable[str] = (),
+) -> BaseModel:
+    """Model defaults, then ``base``, then the YAML file, then ``--set`` items; validated."""
+    data: dict[str, Any] = {}
+    if isinstance(base, BaseModel):
+        data = base.model_dump(mode="json")
+    elif base:
+        data = dict(base)
+    if config_file is not None:
+        data = _deep_merge(data, load_config_file(config_file))
+    for item in sets:
+        data = _deep_merge(data, parse_set(item))
+    model = spec.config_model
+    unknown = [k for k in data if k not in model.model_fields]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r} for protocol {spec.name!r}; valid keys: {', '.join(model.model_fields)}"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(spec.name, model, exc)) from exc
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _type_name(annotation: Any) -> str:
+    name = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return name or str(annotation).replace("typing.", "")
+
+
+def describe_config(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Keys of a config model with type, default, limits and description (for ``hil protocols``)."""
+    schema = model.model_json_schema()
+    props = schema.get("properties", {})
+    out = []
+    for name, info in model.model_fields.items():
+        prop = props.get(name, {})
+        limits = {k: prop[k] for k in (*_BOUNDS, "enum", "minItems", "maxItems", "pattern") if k in prop}
+        items = prop.get("items") or next((a.get("items") for a in prop.get("anyOf", []) if "items" in a), None) or {}
+        limits.update({f"items.{k}": v for k, v in items.items() if k in _BOUNDS})
+        for alt in prop.get("anyOf", []):
+            limits.update({k: alt[k] for k in (*_BOUNDS, "minItems", "maxItems") if k in alt})
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        out.append({
+            "key": name,
+            "type": _type_name(info.annotation),
+            "default": default,
+            "required": info.is_required(),
+            "limits": limits,
+            "description": info.description or "",
+        })
+    return out

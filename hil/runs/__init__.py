@@ -1,0 +1,72 @@
+"""Run files: one HDF5 file per run, its typed metadata, the writer, the reader and the folder index.
+
+* :mod:`hil.runs.layout`: names, layout version and the fixed dtypes (``docs/run-file.md``);
+* :mod:`hil.runs.metadata`: the start and stop documents (:class:`RunStart`, :class:`RunStop`),
+  statuses and reasons, the index entry;
+* :mod:`hil.runs.columns`: the column rules of ``run.log`` (shared with :class:`hil.MemoryRunLog`);
+* :mod:`hil.runs.writer`: :class:`RunWriter`, crash-safe, with its flush thread;
+* :mod:`hil.runs.reader`: :class:`RunReader` and :class:`Journal`;
+* :mod:`hil.runs.liveness`: whether a run's writer process is alive;
+* :mod:`hil.runs.index`: :class:`RunIndex`, the per-folder index behind ``hil ls``.
+"""
+
+from typing import Any
+
+from hil.errors import LayoutVersionError, RunFileError, RunLogError
+
+# Loaded on first access, so that ``hil.runs.columns`` (used by every run log) does not import h5py.
+_LAZY = {
+    "RunIndex": "hil.runs.index",
+    "INDEX_NAME": "hil.runs.index",
+    "LAYOUT_NAME": "hil.runs.layout",
+    "LAYOUT_VERSION": "hil.runs.layout",
+    "LIBVER": "hil.runs.layout",
+    "Journal": "hil.runs.reader",
+    "JournalCall": "hil.runs.reader",
+    "RunReader": "hil.runs.reader",
+    "read_attrs": "hil.runs.reader",
+    "RunWriter": "hil.runs.writer",
+    **dict.fromkeys(
+        ("EFFECTIVE_STATUSES", "REASONS", "STATUSES", "EffectiveStatus", "IndexEntry", "Reason", "RunStart", "RunStop",
+         "Status", "now_iso", "to_json"),
+        "hil.runs.metadata",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hil.runs' has no attribute {name!r}")
+
+
+__all__ = [
+    "EFFECTIVE_STATUSES",
+    "INDEX_NAME",
+    "LAYOUT_NAME",
+    "LAYOUT_VERSION",
+    "LIBVER",
+    "REASONS",
+    "STATUSES",
+    "EffectiveStatus",
+    "IndexEntry",
+    "Journal",
+    "JournalCall",
+    "LayoutVersionError",
+    "Reason",
+    "RunFileError",
+    "RunIndex",
+    "RunLogError",
+    "RunReader",
+    "RunStart",
+    "RunStop",
+    "RunWriter",
+    "Status",
+    "now_iso",
+    "read_attrs",
+    "to_json",
+]

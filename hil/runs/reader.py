@@ -1,0 +1,417 @@
+"""The run-file reader: :class:`RunReader`, and :class:`Journal` for random access to recorded chip calls.
+
+A reader opens a run file while it is written (SWMR) or after its writer was killed, refuses
+files that are not hil run files or of a newer layout, and turns HDF5's errors on damaged files
+into :class:`hil.errors.RunFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hil.errors import LayoutVersionError, RunFileError
+from hil.ops import OP_NAMES, OPS
+from hil.runs.layout import CALL_DTYPE, JOURNAL_OPS, LAYOUT_NAME, LAYOUT_VERSION
+from hil.runs.liveness import pid_alive
+from hil.runs.metadata import RunStart, RunStop, decode_attr
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: What h5py raises on a damaged file, depending on where the damage is.
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise RunFileError(f"{path}: no such file. Give the path of a .h5 run file (see `hil ls`).")
+    if path.is_dir():
+        raise RunFileError(f"{path} is a folder, not a run file. Give the path of a .h5 run file (see `hil ls {path}`).")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            signed = head == _HDF5_SIGNATURE or any(
+                fh.seek(off) == off and fh.read(8) == _HDF5_SIGNATURE for off in (512, 1024, 2048)
+            )
+    except OSError as exc:
+        raise RunFileError(f"cannot read {path}: {exc}") from exc
+    if not signed:
+        raise RunFileError(f"{path} is not an HDF5 file (no HDF5 signature), so it is not a hil run file.")
+    eof, flags = _superblock(path)
+    size = path.stat().st_size
+    if eof is not None and size < eof and not flags:
+        raise RunFileError(f"{path} is damaged (truncated or corrupted): {size} bytes on disk, its superblock says {eof}.")
+    # A file marked open for (SWMR) writing is being written, or its writer died inside a write:
+    # read it in SWMR mode. Any other file in plain mode, which fails fast on a damaged checksum
+    # (SWMR readers retry checksum failures with backoff, as a concurrent write may cause them).
+    errors = []
+    for kwargs in ({"swmr": True}, {}) if flags else ({}, {"swmr": True}):
+        try:
+            return h5py.File(path, "r", locking=False, **kwargs)
+        except _H5_ERRORS as exc:
+            errors.append(str(exc))
+    raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {errors[0]}")
+
+
+def _superblock(path: Path) -> tuple[int | None, int]:
+    """(end-of-file address, status flags) of a version 2/3 superblock at offset 0; (None, 0) otherwise."""
+    with open(path, "rb") as fh:
+        sb = fh.read(48)
+    if len(sb) < 48 or sb[:8] != _HDF5_SIGNATURE or sb[8] not in (2, 3) or sb[9] != 8:
+        return None, 0
+    base = int.from_bytes(sb[12:20], "little")
+    return base + int.from_bytes(sb[28:36], "little"), sb[11] & 0x05  # bit 0: write, bit 2: SWMR write
+
+
+@dataclass(frozen=True)
+class JournalCall:
+    """One recorded chip call: its fields are the validated arguments and the result."""
+
+    index: int
+    op: str
+    fields: dict[str, Any]
+    t_chip: float
+    t_wall: float
+    dt_wall: float
+    error: tuple[str, str] | None = None
+
+
+class Journal:
+    """Random access to the recorded chip calls of a run file (only calls whose data is complete)."""
+
+    #: Element tables up to this size are read into memory at once; larger ones by slices.
+    CACHE_BYTES = 64 * 2**20
+
+    def __init__(self, f: h5py.File, path: Path) -> None:
+        self._path = path
+        g = f.get("journal")
+        calls = g["calls"][:] if g is not None and "calls" in g else np.zeros(0, dtype=CALL_DTYPE)
+        self._ops: dict[str, tuple[np.ndarray, dict[str, tuple[np.ndarray, Any]]]] = {}
+        limit = calls.shape[0]
+        for op_name, spec in OPS.items():
+            schema = spec.encoding
+            if g is None or op_name not in g:
+                continue
+            og = g[op_name]
+            call = og["call"][:] if "call" in og else np.zeros(0, dtype=schema.call)
+            n_rows = call.shape[0]
+            tables: dict[str, tuple[np.ndarray, Any]] = {}
+            for name, length in schema.lengths(call).items():
+                offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
+                ds = og.get(name)
+                size = 0 if ds is None else ds.shape[0]
+                # Calls whose elements did not reach the file before a kill are cut off.
+                n_rows = min(n_rows, int(np.searchsorted(offsets, size, side="right")) - 1)
+                data = ds[:] if ds is not None and ds.size * ds.dtype.itemsize <= self.CACHE_BYTES else ds
+                tables[name] = (offsets, data)
+            self._ops[op_name] = (call, tables)
+            # Keep only calls whose op row is complete in every table of that op.
+            bad = np.flatnonzero((calls["op"] == JOURNAL_OPS[op_name]) & (calls["row"] >= n_rows))
+            if bad.size:
+                limit = min(limit, int(bad[0]))
+        missing = np.setdiff1d(np.unique(calls["op"][:limit]), [JOURNAL_OPS[o] for o in self._ops])
+        if missing.size:  # calls of an op whose group never reached the file
+            limit = int(np.flatnonzero(np.isin(calls["op"], missing))[0])
+        self.calls = calls[:limit]
+        self.errors: dict[int, tuple[str, str]] = {}
+        if g is not None and "errors" in g:
+            for row in g["errors"][:]:
+                self.errors[int(row["call"])] = (row["type"].decode(), row["message"].decode("utf-8", "replace"))
+
+    def __len__(self) -> int:
+        return int(self.calls.shape[0])
+
+    def op(self, i: int) -> str:
+        return OP_NAMES[int(self.calls["op"][i])]
+
+    def counts(self) -> dict[str, int]:
+        """Number of calls per operation."""
+        ops, n = np.unique(self.calls["op"], return_counts=True)
+        return {OP_NAMES[int(o)]: int(c) for o, c in zip(ops, n, strict=True)}
+
+    def call(self, i: int) -> JournalCall:
+        """The i-th recorded call (fields as numpy arrays and Python scalars)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"call {i} is outside the journal's {len(self)} calls")
+        rec = self.calls[i]
+        op = OP_NAMES[int(rec["op"])]
+        row = int(rec["row"])
+        try:
+            call, tables = self._ops[op]
+            parts = {}
+            for name, (offsets, data) in tables.items():
+                parts[name] = data[int(offsets[row]) : int(offsets[row + 1])]
+            fields = OPS[op].encoding.decode(call[row], parts)
+        except _H5_ERRORS as exc:
+            raise RunFileError(f"{self._path}: journal call {i} ({op}) cannot be read (corrupted?): {exc}") from exc
+        return JournalCall(
+            index=i,
+            op=op,
+            fields=fields,
+            t_chip=float(rec["t_chip"]),
+            t_wall=float(rec["t_wall"]),
+            dt_wall=float(rec["dt_wall"]),
+            error=self.errors.get(i) if rec["error"] else None,
+        )
+
+    def __iter__(self) -> Iterator[JournalCall]:
+        for i in range(len(self)):
+            yield self.call(i)
+
+
+def _guarded(method: Any) -> Any:
+    """Turn h5py's errors on a damaged file into :class:`RunFileError` naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunReader, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RunFileError:
+            raise
+        except _H5_ERRORS as exc:
+            raise RunFileError(
+                f"{self.path} is damaged (truncated or corrupted): {method.__name__} failed ({type(exc).__name__}: {exc})."
+            ) from exc
+
+    return wrapper
+
+
+class RunReader:
+    """Reads a run file (also while it is written, or after its writer was killed).
+
+    Raises :class:`RunFileError` for a file that is not HDF5, not a hil run file, or damaged, and
+    :class:`LayoutVersionError` for a newer layout. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._f = _open_h5(self.path)
+        try:
+            self.attrs: dict[str, Any] = {k: decode_attr(v) for k, v in self._f.attrs.items()}
+        except _H5_ERRORS as exc:
+            self._f.close()
+            raise RunFileError(
+                f"{self.path} is damaged (truncated or corrupted): its attributes cannot be read ({exc})."
+            ) from exc
+        if self.attrs.get("hil_layout") != LAYOUT_NAME:
+            self._f.close()
+            raise RunFileError(
+                f"{self.path} is an HDF5 file but not a hil run file (no hil_layout='{LAYOUT_NAME}' attribute)."
+            )
+        version = self.attrs.get("hil_layout_version")
+        if not isinstance(version, int) or version < 1:
+            self._f.close()
+            raise RunFileError(f"{self.path} has an invalid layout version {version!r}; the file is damaged.")
+        if version > LAYOUT_VERSION:
+            self._f.close()
+            raise LayoutVersionError(
+                f"{self.path} uses run-file layout version {version}; this hil reads versions up to "
+                f"{LAYOUT_VERSION}. Upgrade hil to read it."
+            )
+        self._journal: Journal | None = None
+        self._start: RunStart | None = None
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def start(self) -> RunStart:
+        """The run's start document (identity, protocol, config, seed, chip, provenance)."""
+        if self._start is None:
+            self._start = RunStart.from_attrs(self.attrs, where=str(self.path))
+        return self._start
+
+    @property
+    def stop(self) -> RunStop | None:
+        """The run's stop document, or None while the file says ``status=running``."""
+        if self.attrs.get("status", "running") == "running":
+            return None
+        return RunStop.from_attrs(self.attrs, where=str(self.path))
+
+    def _json_attr(self, key: str, default: Any) -> Any:
+        raw = self.attrs.get(key)
+        if raw in (None, ""):
+            return default
+        try:
+            return json.loads(raw)
+        except (TypeError, ValueError) as exc:
+            raise RunFileError(f"{self.path}: attribute {key} is not valid JSON (damaged file?): {exc}") from exc
+
+    @property
+    def run_id(self) -> str:
+        return self.start.run_id or self.path.stem
+
+    @property
+    def protocol(self) -> str:
+        return self.start.protocol
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.start.config
+
+    @property
+    def seed(self) -> int:
+        return self.start.seed
+
+    @property
+    def chip_spec(self) -> str:
+        return self.start.chip_spec
+
+    @property
+    def chip_info(self) -> dict[str, Any]:
+        return self.start.chip_info
+
+    @property
+    def geometry(self) -> dict[str, Any]:
+        return self.start.geometry
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self._json_attr("summary_json", {})
+
+    @property
+    def status(self) -> str:
+        """Status as written: running, success, abort or fail."""
+        return str(self.attrs.get("status", "running"))
+
+    @property
+    def effective_status(self) -> str:
+        """Like :attr:`status`, but a run whose writer process is gone is ``incomplete``."""
+        status = self.status
+        if status != "running":
+            return status
+        if self.attrs.get("host") == socket.gethostname() and not pid_alive(
+            int(self.attrs.get("pid", 0)), float(self.attrs.get("started_unix", 0.0))
+        ):
+            return "incomplete"
+        return "running"
+
+    def metadata(self) -> dict[str, Any]:
+        """All metadata, JSON attributes decoded, plus ``effective_status``."""
+        out: dict[str, Any] = {}
+        for key, value in self.attrs.items():
+            if key.endswith("_json"):
+                out[key[:-5]] = self._json_attr(key, None)
+            else:
+                out[key] = value
+        out["effective_status"] = self.effective_status
+        out["path"] = str(self.path)
+        return out
+
+    # ------------------------------------------------------------------ streams
+    @_guarded
+    def streams(self) -> list[str]:
+        g = self._f.get("streams")
+        return sorted(g.keys()) if g is not None else []
+
+    @_guarded
+    def columns(self, stream: str) -> list[str]:
+        """The user columns of ``stream`` in the order they were first logged."""
+        g = self._stream_group(stream)
+        if "columns" in g.attrs:
+            return list(json.loads(decode_attr(g.attrs["columns"])))
+        return sorted(k for k in g if not k.startswith("_"))
+
+    def _stream_group(self, stream: str) -> h5py.Group:
+        g = self._f.get("streams")
+        if g is None or stream not in g:
+            raise RunFileError(f"{self.path} has no stream {stream!r}; streams: {', '.join(self.streams()) or '(none)'}")
+        return g[stream]
+
+    @_guarded
+    def n_rows(self, stream: str) -> int:
+        """Complete rows of ``stream`` (a killed writer may leave one column a batch longer)."""
+        g = self._stream_group(stream)
+        return min((g[k].shape[0] for k in g), default=0)
+
+    @_guarded
+    def column_info(self, stream: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Column name -> (dtype, per-row shape)."""
+        g = self._stream_group(stream)
+        return {k: (str(g[k].dtype), tuple(g[k].shape[1:])) for k in self.columns(stream) if k in g}
+
+    def stream(self, stream: str, *, meta: bool = False) -> dict[str, np.ndarray]:
+        """All complete rows of a stream: column -> array (strings decoded); ``meta`` adds _t_wall, _call."""
+        g = self._stream_group(stream)
+        n = self.n_rows(stream)
+        names = [*self.columns(stream), *(["_t_wall", "_call"] if meta else [])]
+        out: dict[str, np.ndarray] = {}
+        try:
+            for name in names:
+                if name not in g:
+                    continue
+                data = g[name][:n]
+                if data.dtype.kind == "S":
+                    data = np.char.decode(data, "utf-8")
+                out[name] = data
+        except _H5_ERRORS as exc:
+            raise RunFileError(f"{self.path}: stream {stream!r} cannot be read (corrupted?): {exc}") from exc
+        return out
+
+    def column(self, stream: str, name: str) -> np.ndarray:
+        return self.stream(stream, meta=name.startswith("_"))[name]
+
+    # ------------------------------------------------------------------ journal and notes
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            try:
+                self._journal = Journal(self._f, self.path)
+            except _H5_ERRORS as exc:
+                raise RunFileError(f"{self.path}: the journal cannot be read (corrupted?): {exc}") from exc
+        return self._journal
+
+    @_guarded
+    def notes(self) -> list[tuple[float, str]]:
+        if "notes" not in self._f:
+            return []
+        return [(float(r["t_wall"]), r["text"].decode("utf-8", "replace")) for r in self._f["notes"][:]]
+
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def verify(self) -> dict[str, int]:
+        """Read every dataset through its checksums; raises :class:`RunFileError` naming a damaged one."""
+        counts = {"datasets": 0, "bytes": 0}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                try:
+                    step = max(1, (16 << 20) // max(1, obj.dtype.itemsize * int(np.prod(obj.shape[1:], dtype=np.int64))))
+                    for lo in range(0, obj.shape[0] if obj.ndim else 1, step):
+                        block = obj[lo : lo + step] if obj.ndim else obj[()]
+                        counts["bytes"] += int(np.asarray(block).nbytes)
+                except _H5_ERRORS as exc:
+                    raise RunFileError(f"{self.path} is damaged (corrupted): dataset /{name} cannot be read ({exc}).") from exc
+                counts["datasets"] += 1
+
+        try:
+            self._f.visititems(visit)
+        except RunFileError:
+            raise
+        except _H5_ERRORS as exc:
+            raise RunFileError(f"{self.path} is damaged (corrupted): {exc}") from exc
+        return counts
+
+
+def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Just the metadata of a run file (validated like :class:`RunReader`), for indexing."""
+    with RunReader(path) as reader:
+        meta = dict(reader.attrs)
+        meta["effective_status"] = reader.effective_status
+        return meta
