@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hil.engine import replay_run, run_protocol
 from hil.protocol import get_protocol
-from hil.runfile import RunReader
+from hil.runner import replay_run, run_protocol
+from hil.runs import RunReader
 
 SPEC = "emulator:hermes,cores=2,rows=32,cols=32"
 CASES = {
@@ -53,7 +53,7 @@ def test_drift_run_files_hold_every_read_point(tmp_path) -> None:
 
 
 def test_bad_config_is_refused_before_a_run_file_exists(tmp_path) -> None:
-    from hil.engine import ConfigError
+    from hil.errors import ConfigError
 
     with pytest.raises((ConfigError, ValueError), match="margin_counts"):
         run_protocol("program-verify", chip=SPEC, config={"margin_counts": 0}, out=tmp_path, progress=False)
@@ -63,7 +63,7 @@ def test_bad_config_is_refused_before_a_run_file_exists(tmp_path) -> None:
 def test_a_drift_run_killed_midway_resumes_to_the_same_result(tmp_path) -> None:
     from emulator import EmulatedChip
     from hil import Geometry
-    from hil.engine import resume_run
+    from hil.runner import resume_run
 
     class StopsAtThirdWait(EmulatedChip):
         """The controlling process dies (Ctrl-C) during the third scheduled wait."""
