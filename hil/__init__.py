@@ -20,8 +20,6 @@ Everything else (``hil.runs.*``, ``hil.ops``, ``hil.journal``, ...) is the machi
 ``hil``, never the other way round. The run machinery (h5py) loads on first use of its names.
 """
 
-from typing import Any
-
 from hil.chip import (
     INPUT_MAX,
     INPUT_MIN,
@@ -45,6 +43,7 @@ from hil.errors import (
     RunLogError,
     SafetyLimitError,
 )
+from hil.lazy import lazy_getattr
 from hil.protocol import MemoryRunLog, RunLog, UnknownProtocolError, load_protocol_module, register_protocol
 
 __version__ = "0.1.0"
@@ -64,14 +63,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hil' has no attribute {name!r}")
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 
 __all__ = [

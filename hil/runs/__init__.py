@@ -10,9 +10,8 @@
 * :mod:`hil.runs.index`: :class:`RunIndex`, the per-folder index behind ``hil ls``.
 """
 
-from typing import Any
-
 from hil.errors import LayoutVersionError, RunFileError, RunLogError
+from hil.lazy import lazy_getattr
 
 # Loaded on first access, so that ``hil.runs.columns`` (used by every run log) does not import h5py.
 _LAZY = {
@@ -34,14 +33,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hil.runs' has no attribute {name!r}")
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 
 __all__ = [

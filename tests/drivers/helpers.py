@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,13 @@ def nth(verb: bytes, n: int) -> Callable[[bytes], bool]:
         return False
 
     return rule
+
+
+@contextmanager
+def connected(cls: type, address: str, what: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Open a real instrument (opt-in hardware tests): check that its IDN names ``cls``, read its state back."""
+    with cls(address, name="dut") as inst:
+        assert cls.idn_model.lower() in inst.idn.lower(), f"{inst.idn!r} is not a {what}"
+        snap = inst.snapshot()
+        assert snap["address"] == address
+        yield inst, snap

@@ -8,15 +8,13 @@ from __future__ import annotations
 import pytest
 
 from drivers.keithley_2600b import Keithley2600B
+from tests.drivers.helpers import connected
 
 pytestmark = pytest.mark.hardware
 
 
 def test_connects_reads_state_and_measures(device_address):
-    with Keithley2600B(device_address, name="dut") as inst:
-        assert Keithley2600B.idn_model.lower() in inst.idn.lower(), f"{inst.idn!r} is not a Keithley 2600B SMU"
-        snap = inst.snapshot()
-        assert snap["address"] == device_address
+    with connected(Keithley2600B, device_address, "Keithley 2600B SMU") as (inst, snap):
         for c in ("a", "b"):
             ch = inst.channel(c)
             assert ch.source_function in ("voltage", "current")

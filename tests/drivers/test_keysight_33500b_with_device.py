@@ -10,15 +10,13 @@ import math
 import pytest
 
 from drivers.keysight_33500b import Keysight33500B
+from tests.drivers.helpers import connected
 
 pytestmark = pytest.mark.hardware
 
 
 def test_connects_reads_state_and_measures(device_address):
-    with Keysight33500B(device_address, name="dut") as inst:
-        assert Keysight33500B.idn_model.lower() in inst.idn.lower(), f"{inst.idn!r} is not a Keysight 33500B pulse generator"
-        snap = inst.snapshot()
-        assert snap["address"] == device_address
+    with connected(Keysight33500B, device_address, "Keysight 33500B pulse generator") as (inst, snap):
         for n in (1, 2):
             ch = inst.channel(n)
             assert ch.function.isalpha()  # e.g. SIN, PULS, RAMP

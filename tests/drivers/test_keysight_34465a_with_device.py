@@ -10,15 +10,13 @@ import math
 import pytest
 
 from drivers.keysight_34465a import Keysight34465A
+from tests.drivers.helpers import connected
 
 pytestmark = pytest.mark.hardware
 
 
 def test_connects_reads_state_and_measures(device_address):
-    with Keysight34465A(device_address, name="dut") as inst:
-        assert Keysight34465A.idn_model.lower() in inst.idn.lower(), f"{inst.idn!r} is not a Keysight 34465A multimeter"
-        snap = inst.snapshot()
-        assert snap["address"] == device_address
+    with connected(Keysight34465A, device_address, "Keysight 34465A multimeter") as (inst, snap):
         value = inst.reading
         assert math.isfinite(value) or abs(value) >= 9.9e37  # 9.9e37 is the meter's overload reading
         assert snap["function"] in ("VOLT", "CURR", "RES")

@@ -10,15 +10,13 @@ import math
 import pytest
 
 from drivers.keysight_e36300 import KeysightE36300
+from tests.drivers.helpers import connected
 
 pytestmark = pytest.mark.hardware
 
 
 def test_connects_reads_state_and_measures(device_address):
-    with KeysightE36300(device_address, name="dut") as inst:
-        assert KeysightE36300.idn_model.lower() in inst.idn.lower(), f"{inst.idn!r} is not a Keysight E36300 power supply"
-        snap = inst.snapshot()
-        assert snap["address"] == device_address
+    with connected(KeysightE36300, device_address, "Keysight E36300 power supply") as (inst, _snap):
         for n in (1, 2, 3):
             v = inst.output(n).measured_voltage_v
             assert math.isfinite(v) and -0.1 <= v <= inst.output(n).max_voltage_v + 0.1

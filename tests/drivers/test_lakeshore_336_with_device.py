@@ -8,15 +8,13 @@ from __future__ import annotations
 import pytest
 
 from drivers.lakeshore_336 import LakeShore336
+from tests.drivers.helpers import connected
 
 pytestmark = pytest.mark.hardware
 
 
 def test_connects_reads_state_and_measures(device_address):
-    with LakeShore336(device_address, name="dut") as inst:
-        assert LakeShore336.idn_model.lower() in inst.idn.lower(), f"{inst.idn!r} is not a Lake Shore 336 temperature controller"
-        snap = inst.snapshot()
-        assert snap["address"] == device_address
+    with connected(LakeShore336, device_address, "Lake Shore 336 temperature controller") as (inst, snap):
         t = inst.input("A").temperature_k
         assert 0.0 <= t <= 1500.0
         assert inst.loop(1).setpoint_k == pytest.approx(snap["loops"]["1"]["setpoint_k"])
