@@ -1,0 +1,34 @@
+"""Every installed protocol passes hil.testing.check_protocol: its run file replays with the same calls,
+streams and summary (on the fake chip where its physics suffices, else on a small emulated chip)."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+import pytest
+
+from hil.testing import check_protocol
+
+FAKE = "fake:cores=2,rows=16,cols=16"
+SMALL_EMULATOR = "emulator:hermes,cores=2,rows=32,cols=32"
+#: protocol -> (chip, config): small enough for the default test run.
+CASES: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "mvm-sweep": (FAKE, {"batch": 4, "repeats": 1}),
+    "program-verify": (FAKE, None),
+    "calibration": (FAKE, None),
+    "drift": (FAKE, None),
+    "gdp": (SMALL_EMULATOR, None),  # fits a programming curve: needs the emulator's device physics
+}
+
+
+def test_every_installed_protocol_has_a_replay_check() -> None:
+    installed = {ep.name for ep in entry_points(group="hil.protocols")}
+    assert installed == set(CASES), f"add a check_protocol case for {sorted(installed - set(CASES))}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_protocol_replays_exactly(name: str, tmp_path) -> None:
+    chip, config = CASES[name]
+    result = check_protocol(name, config, chip=chip, seed=1, out=tmp_path)
+    assert result.status == "success" and result.n_calls > 0
