@@ -1,5 +1,7 @@
 """Argument normalisation for :class:`hil.Chip`: every public chip call's arguments, checked and made canonical.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 Each function takes the chip's :class:`~hil.chip.Geometry` and the caller's values (numpy arrays,
 lists, scalars or torch tensors) and returns the canonical arrays a backend's ``_`` method gets
 (flat int64 addresses, uint8 pulse kinds, float64 currents and widths, FP16 LDPU registers), or

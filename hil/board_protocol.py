@@ -1,5 +1,7 @@
 """Message encoding of the chip control board protocol, shared by the client and the server.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 The full specification is ``docs/board-protocol.md``; in short, a message is one ASCII line
 
     VERB RID key=value key=value ...\\n

@@ -1,5 +1,7 @@
 """Chip specs: ``NAME[:SPEC]`` strings that open a chip backend, every backend registered alike.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 ``--chip emulator:hermes,cores=4``, ``--chip lab:HOST:PORT``, ``--chip replay:RUN.h5`` and
 ``--chip fake:cores=2`` all take the same path: ``NAME`` picks a :class:`hil.Chip` class from the
 ``hil.backends`` entry-point group (hil's own ``replay`` and ``fake`` are built in), and that

@@ -1,5 +1,7 @@
 """The ``hil`` command line (argparse).
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 Commands: ``demo``, ``run``, ``protocols``, ``ls``, ``show``, ``replay``, ``resume``, ``report``,
 ``bench`` (forwards to ``tests/benchmarks/bench_emulator.py``) and ``emulate`` (forwards to ``emulator.server``).
 Progress bars go to stderr and only on a terminal; ``--json`` prints one JSON document on stdout.

@@ -1,5 +1,7 @@
 """Protocol configuration: model defaults, then a YAML file, then ``--set key=value`` items, validated.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 Every error names the bad key or value and the valid ones (:class:`hil.errors.ConfigError`).
 YAML is read with ``yaml.safe_load`` (no Python objects).
 """

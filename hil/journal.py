@@ -1,5 +1,7 @@
 """Recording of chip calls: :class:`RecordingChip` wraps any :class:`hil.Chip` and journals every call.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 The wrapper is itself a :class:`hil.Chip`: its public methods validate arguments exactly like every
 backend, then its ``_`` methods call the wrapped chip's ``_`` methods and hand the validated
 arguments, the result, the chip clock after the call and wall timestamps to a journal sink (the

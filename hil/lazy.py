@@ -1,5 +1,7 @@
 """Lazy public names: a package's ``__getattr__`` that imports a name's module on first access (PEP 562).
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 ``import hil`` stays cheap (no h5py, no torch) while ``hil.run_protocol`` and ``hil.runs.RunReader``
 still work: the modules behind those names load when a script first touches them.
 """

@@ -1,5 +1,7 @@
 """Replay of recorded chip calls: :class:`ReplayChip` answers from a run file's journal.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 A protocol run against a ``ReplayChip`` makes the same calls it made when the run was recorded
 (protocols are deterministic functions of config, seed and chip answers); each call is checked
 against the journal and answered with the recorded result, so analysis code and whole protocols

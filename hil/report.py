@@ -1,5 +1,7 @@
 """PNG plots of a run: one figure per data stream, plus the protocol's own ``plots`` hook.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 Uses matplotlib's object API with the Agg canvas (``Figure.savefig``), never pyplot, so it works
 headless and never changes the caller's matplotlib backend. For each stream: scalar columns are
 line plots against the row number; per-row vectors are shown as mean with a min-max band (or as an

@@ -1,5 +1,7 @@
 """The runner: run a protocol on a chip into a run file; resume and replay runs.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 :func:`run_protocol` resolves the protocol's config (:mod:`hil.config`), opens the chip from a
 spec (:mod:`hil.chips`) or takes a chip object, runs the protocol's input check, creates the run
 file (:class:`hil.runs.RunWriter` with a :class:`hil.runs.RunStart` document), wraps the chip in a

@@ -1,5 +1,7 @@
 """Best-effort MQTT telemetry of runs (aiomqtt 2.x): status and progress as small JSON messages.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 Topics under ``<prefix>/<run_id>/``: ``status`` (retained: ``{"state": "running" | "success" |
 "abort" | "fail" | "offline", ...}``; the broker publishes ``offline`` as Last Will if this process
 dies) and ``progress`` (``{"done", "total", "desc", "t"}``, at most every ``min_interval_s``).

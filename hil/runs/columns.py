@@ -1,5 +1,7 @@
 """The column rules of ``run.log``: names, dtypes and shapes, shared by every run log.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 :func:`prepare_rows` checks one ``run.log(stream, **columns)`` call against the stream's columns
 (fixed by its first call) and returns the arrays to store; :class:`hil.runs.RunWriter` and
 :class:`hil.MemoryRunLog` both use it, so a protocol's unit test refuses exactly the rows a real

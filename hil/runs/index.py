@@ -1,5 +1,7 @@
 """A run index per output folder, so ``hil ls`` is instant with thousands of runs.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 ``<folder>/hil-index.jsonl`` is append-only JSON lines, one per event of a run (started, finished);
 the last line of a run id wins. Listing reads this one small file and the folder's file names; it
 never opens run files, except ones that are not indexed yet (copied in, or written by an older hil),

@@ -1,5 +1,7 @@
 """Run-file layout: names, version, HDF5 format and the fixed dtypes of the journal and notes.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 The full description is ``docs/run-file.md``; the per-operation journal encodings are declared
 with the operations in :mod:`hil.ops`.
 """

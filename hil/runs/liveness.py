@@ -1,4 +1,7 @@
-"""Whether the process that writes a run is still alive (a run whose writer is gone is incomplete)."""
+"""Whether the process that writes a run is still alive (a run whose writer is gone is incomplete).
+
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Typed run metadata: what a run file says about its run, defined once.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 In the spirit of bluesky's event-model (a start document when a run opens, a stop document when
 it closes), a run file's root attributes are two documents:
 

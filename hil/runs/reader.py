@@ -1,5 +1,7 @@
 """The run-file reader: :class:`RunReader`, and :class:`Journal` for random access to recorded chip calls.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 A reader opens a run file while it is written (SWMR) or after its writer was killed, refuses
 files that are not hil run files or of a newer layout, and turns HDF5's errors on damaged files
 into :class:`hil.errors.RunFileError` naming the file.

@@ -1,5 +1,7 @@
 """The run-file writer: :class:`RunWriter` and its flush thread.
 
+Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
+
 Crash safety: the writer buffers rows in memory and a background thread writes them at least every
 ``flush_interval_s`` (0.5 s). Each write opens the file, creates any new datasets, switches to SWMR
 mode (so HDF5 orders its metadata writes and a kill leaves a consistent file), appends and closes
