@@ -18,10 +18,11 @@ import os
 import sys
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,9 @@ PlotFn = Callable[..., list[Any]]
 #: ``check(config, geometry) -> None``: a protocol's input check; raises ``ConfigError``,
 #: ``ChipInputError`` or ``ValueError`` naming the bad value (no chip calls, no side effects).
 CheckFn = Callable[..., None]
+#: ``inputs(config) -> {name: array or (array, source)}``: the data a run consumes (weight matrices,
+#: sample inputs), loaded before the run starts and stored in its run file.
+InputsFn = Callable[..., dict[str, Any]]
 
 
 class RunLog(ABC):
@@ -65,6 +69,29 @@ class RunLog(ABC):
         """A numpy generator seeded from the run's seed and ``name`` (stable across replays)."""
         return np.random.default_rng([self.seed, *name.encode()])
 
+    @property
+    def inputs(self) -> Mapping[str, np.ndarray]:
+        """The run's input arrays (name -> read-only array) from the protocol's ``inputs`` hook.
+
+        In a run they were loaded before the start and are stored in the run file; in a replay or
+        resume they come from the recorded file (checked against their sha256), wherever it lies.
+        """
+        return MappingProxyType({})
+
+
+#: Largest total size of a run's input arrays (bytes).
+MAX_INPUT_BYTES = 2 * 2**30
+
+
+def freeze_inputs(inputs: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
+    """Input arrays as read-only numpy arrays (``(array, source)`` pairs keep the array)."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in inputs.items():
+        arr = np.array(value[0] if isinstance(value, tuple) else value, copy=True)
+        arr.setflags(write=False)
+        out[name] = arr
+    return MappingProxyType(out)
+
 
 class MemoryRunLog(RunLog):
     """A run log that keeps streams in memory (for scripts and tests that need no file).
@@ -73,10 +100,15 @@ class MemoryRunLog(RunLog):
     ``run.log`` call that a real run would refuse fails here too.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, inputs: Mapping[str, Any] | None = None) -> None:
         self._seed = seed
+        self._inputs = freeze_inputs(inputs or {})
         self.streams: dict[str, dict[str, list[np.ndarray]]] = {}
         self._specs: dict[str, StreamSpec] = {}
+
+    @property
+    def inputs(self) -> Mapping[str, np.ndarray]:
+        return self._inputs
         self.notes: list[str] = []
         self.last_progress: tuple[int, int | None, str] | None = None
 
@@ -123,6 +155,8 @@ class ProtocolSpec:
     source: str = ""
     #: ``check(config, geometry)``: raises on bad config or input data before the run file exists.
     check: CheckFn | None = None
+    #: ``inputs(config)``: the run's input arrays, stored in the run file (see :attr:`RunLog.inputs`).
+    inputs: InputsFn | None = None
 
 
 _REGISTRY: dict[str, ProtocolSpec] = {}
@@ -143,18 +177,24 @@ def register_protocol(
     plots: PlotFn | None = None,
     deterministic: bool = True,
     check: CheckFn | None = None,
+    inputs: InputsFn | None = None,
 ) -> Callable[[ProtocolFn], ProtocolFn]:
     """Decorator: register ``fn(chip, config, run)`` under ``name``.
 
     ``plots``: the protocol's own figures for ``hil report``; ``deterministic``: False for a
     protocol whose chip calls do not follow from config, seed and chip answers (it cannot be
     replayed or resumed); ``check(config, geometry)``: validates config and input data before the
-    run file is created, so bad input exits 2 and leaves no file.
+    run file is created, so bad input exits 2 and leaves no file; ``inputs(config)``: loads the
+    arrays the run consumes (e.g. a weight file) before the run starts, so a missing or bad file
+    is also bad input; they are stored in the run file with their sha256 and source, and
+    ``run.inputs`` serves them (replays and resumes use the stored copy).
     """
 
     def deco(fn: ProtocolFn) -> ProtocolFn:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0] if (description or fn.__doc__) else ""
-        _REGISTRY[name] = ProtocolSpec(name, fn, config_model, doc, plots, deterministic, source=_source_of(fn), check=check)
+        _REGISTRY[name] = ProtocolSpec(
+            name, fn, config_model, doc, plots, deterministic, source=_source_of(fn), check=check, inputs=inputs
+        )
         return fn
 
     return deco

@@ -24,12 +24,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import hil
@@ -46,7 +47,16 @@ from hil.errors import (
     SafetyLimitError,
 )
 from hil.journal import InterruptGuard, RecordingChip
-from hil.protocol import ProtocolSpec, RunLog, UnknownProtocolError, get_protocol, load_protocol_module, source_hint
+from hil.protocol import (
+    MAX_INPUT_BYTES,
+    ProtocolSpec,
+    RunLog,
+    UnknownProtocolError,
+    freeze_inputs,
+    get_protocol,
+    load_protocol_module,
+    source_hint,
+)
 from hil.replay import ReplayChip, reexecute_journal
 from hil.runs.index import RunIndex, entry_from_attrs
 from hil.runs.metadata import RunStart, RunStop, now_iso
@@ -204,9 +214,13 @@ class _ProgressBar:
 class EngineRunLog(RunLog):
     """The run log protocols get from the runner: a run file, progress bars and telemetry."""
 
-    def __init__(self, writer: RunWriter, seed: int, *, progress: bool | None = None, telemetry: Any = None) -> None:
+    def __init__(
+        self, writer: RunWriter, seed: int, *, progress: bool | None = None, telemetry: Any = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.writer = writer
         self._seed = seed
+        self._inputs = freeze_inputs(inputs or {})
         self._bar = _ProgressBar(progress)
         self._telemetry = telemetry
         self.last_progress: tuple[int, int | None, str] | None = None
@@ -214,6 +228,10 @@ class EngineRunLog(RunLog):
     @property
     def seed(self) -> int:
         return self._seed
+
+    @property
+    def inputs(self) -> Mapping[str, np.ndarray]:
+        return self._inputs
 
     def log(self, stream: str, **columns: Any) -> None:
         self.writer.log(stream, **columns)
@@ -245,6 +263,7 @@ class _Plan:
     progress: bool | None
     telemetry: Any
     index: RunIndex
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Signals:
@@ -288,7 +307,7 @@ def _execute(plan: _Plan) -> RunResult:
     start = writer.start
     guard = InterruptGuard()
     chip = RecordingChip(plan.chip, writer, guard=guard)
-    runlog = EngineRunLog(writer, plan.seed, progress=plan.progress, telemetry=plan.telemetry)
+    runlog = EngineRunLog(writer, plan.seed, progress=plan.progress, telemetry=plan.telemetry, inputs=plan.inputs)
     plan.index.record(entry_from_attrs(writer.attrs, plan.final_path.name))
     if plan.telemetry is not None:
         plan.telemetry.started(start.model_dump(include={"run_id", "protocol", "seed", "chip_spec", "started_at"}))
@@ -390,6 +409,27 @@ def _check_inputs(spec: ProtocolSpec, config: BaseModel, chip: Chip) -> None:
         raise ConfigError(f"protocol {spec.name!r}: {exc}") from exc
 
 
+def load_inputs(spec: ProtocolSpec, config: BaseModel, recorded: RunReader | None = None) -> dict[str, Any]:
+    """The run's input arrays: from the recorded run file when there is one that holds them (replay,
+    resume), else from the protocol's ``inputs`` hook; a failing hook is bad input (ConfigError)."""
+    if recorded is not None and recorded.input_info():
+        return dict(recorded.inputs())
+    if spec.inputs is None:
+        return {}
+    try:
+        loaded = dict(spec.inputs(config))
+    except (ConfigError, ChipInputError):
+        raise
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"protocol {spec.name!r}: {exc}") from exc
+    total = sum(np.asarray(v[0] if isinstance(v, tuple) else v).nbytes for v in loaded.values())
+    if total > MAX_INPUT_BYTES:
+        raise ConfigError(
+            f"protocol {spec.name!r}: inputs of {total / 2**30:.1f} GiB; allowed up to {MAX_INPUT_BYTES / 2**30:.0f} GiB."
+        )
+    return loaded
+
+
 def get_protocol_for_run(name: str, source: str = "", protocol_module: str | os.PathLike[str] | None = None) -> ProtocolSpec:
     """The protocol a run file names; ``protocol_module`` is loaded first (``--protocol-module``)."""
     if protocol_module is not None:
@@ -450,6 +490,7 @@ def run_protocol(
     seed = 0 if seed is None else seed
     try:
         _check_inputs(spec, cfg, chip_obj)
+        inputs = load_inputs(spec, cfg, chip_obj.reader if isinstance(chip_obj, ReplayChip) else None)
         out_dir = Path(opts.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         run_id = opts.run_id or new_run_id(spec.name)
@@ -465,9 +506,9 @@ def run_protocol(
             replay_of=chip_obj.reader.run_id if isinstance(chip_obj, ReplayChip) else "",
         )
         extra: dict[str, Any] = {"flush_interval_s": opts.flush_interval_s} if opts.flush_interval_s else {}
-        writer = RunWriter(path, start, compression=opts.compression, **extra)
+        writer = RunWriter(path, start, compression=opts.compression, inputs=inputs, **extra)
         sink = _telemetry_sink(opts.telemetry, run_id)
-        plan = _Plan(spec, cfg, chip_obj, seed, writer, path, opts.progress, sink, RunIndex(out_dir))
+        plan = _Plan(spec, cfg, chip_obj, seed, writer, path, opts.progress, sink, RunIndex(out_dir), inputs)
         result = _execute(plan)
     finally:
         if owns_chip:
@@ -537,9 +578,10 @@ def resume_run(
                 "pid": 0,
             }
         )
+        inputs = load_inputs(spec, cfg, reader)
         tmp = path.with_name(f".{path.name}.resuming")
         tmp.unlink(missing_ok=True)
-        writer = RunWriter(tmp, start)
+        writer = RunWriter(tmp, start, inputs=inputs)
         n_recorded = len(reader.journal)
 
         def go_live() -> None:
@@ -549,7 +591,7 @@ def resume_run(
 
         replay = ReplayChip(reader, live=live, reexecute=reexecute, on_live=go_live)
         sink = _telemetry_sink(telemetry, start.run_id)
-        plan = _Plan(spec, cfg, replay, seed, writer, path, progress, sink, RunIndex(path.parent))
+        plan = _Plan(spec, cfg, replay, seed, writer, path, progress, sink, RunIndex(path.parent), inputs)
         result = _execute(plan)
         if writer.path != path:
             if result.status == "success" and replay.remaining == 0:

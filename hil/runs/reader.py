@@ -368,6 +368,37 @@ class RunReader:
     def column(self, stream: str, name: str) -> np.ndarray:
         return self.stream(stream, meta=name.startswith("_"))[name]
 
+    # ------------------------------------------------------------------ inputs
+    @_guarded
+    def input_info(self) -> dict[str, dict[str, Any]]:
+        """Input name -> {dtype, shape, sha256, source} of the arrays stored under ``/inputs``."""
+        g = self._f.get("inputs")
+        if g is None:
+            return {}
+        return {
+            name: {"dtype": str(ds.dtype), "shape": list(ds.shape), "sha256": str(decode_attr(ds.attrs.get("sha256", ""))),
+                   "source": str(decode_attr(ds.attrs.get("source", "")))}
+            for name, ds in g.items() if isinstance(ds, h5py.Dataset)
+        }
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The run's input arrays, each checked against its recorded sha256 (:class:`RunFileError` if not)."""
+        from hil.runs.writer import array_sha256
+
+        out: dict[str, np.ndarray] = {}
+        for name, info in self.input_info().items():
+            try:
+                arr = np.asarray(self._f["inputs"][name][()])
+            except _H5_ERRORS as exc:
+                raise RunFileError(f"{self.path}: input {name!r} cannot be read (corrupted?): {exc}") from exc
+            if array_sha256(arr) != info["sha256"]:
+                raise RunFileError(
+                    f"{self.path}: input {name!r} does not match its recorded sha256 {info['sha256'][:12]}...; "
+                    "the file was altered or damaged."
+                )
+            out[name] = arr
+        return out
+
     # ------------------------------------------------------------------ journal and notes
     @property
     def journal(self) -> Journal:

@@ -13,6 +13,7 @@ file while it is written (SWMR read).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -79,6 +80,32 @@ def _chunks(trailing: tuple[int, ...], itemsize: int, first_rows: int) -> tuple[
 
 
 
+def array_sha256(arr: np.ndarray) -> str:
+    """sha256 (hex) of an array's values: its C-order bytes in little-endian byte order."""
+    a = np.ascontiguousarray(arr)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return hashlib.sha256(a.tobytes()).hexdigest()
+
+
+def write_inputs(f: h5py.File, inputs: Mapping[str, Any]) -> None:
+    """``/inputs/<name>``: each input array with attributes ``sha256`` and ``source`` (provenance)."""
+    g = f.create_group("inputs")
+    for name, value in inputs.items():
+        arr, source = value if isinstance(value, tuple) else (value, "")
+        arr = np.asarray(arr)
+        if arr.dtype.kind not in "biuf":
+            raise RunFileError(f"input {name!r} has dtype {arr.dtype}; inputs are arrays of numbers or booleans.")
+        kwargs: dict[str, Any] = {}
+        if arr.ndim and arr.size:  # checksummed chunks (HDF5 picks their shape); deflate where it pays
+            kwargs = {"fletcher32": True, "chunks": True}
+            if arr.nbytes > 4096 and _compression_pays(arr):
+                kwargs.update(compression="gzip", compression_opts=1, shuffle=arr.dtype.itemsize > 1)
+        ds = g.create_dataset(name, data=arr, **kwargs)
+        ds.attrs["sha256"] = array_sha256(arr)
+        ds.attrs["source"] = str(source)
+
+
 class _Series:
     """One appendable dataset (rows of a fixed dtype and trailing shape) and its unwritten rows."""
 
@@ -132,7 +159,8 @@ class _Series:
 class RunWriter:
     """Writes one run file: metadata attributes, data streams, the chip-call journal and notes.
 
-    ``start`` is the run's :class:`RunStart` document (or its attributes), written at creation. Rows are
+    ``start`` is the run's :class:`RunStart` document (or its attributes), written at creation,
+    with ``inputs`` (name -> array or (array, source)) under ``/inputs``. Rows are
     buffered and written by a background thread at least every ``flush_interval_s`` seconds;
     :meth:`flush` writes synchronously and :meth:`close` writes the final status. The writer is a
     critical sink: if a write fails, the next :meth:`log` or :meth:`journal` raises
@@ -148,6 +176,7 @@ class RunWriter:
         compression: str = "auto",
         max_pending_bytes: int = MAX_PENDING_BYTES,
         fsync: bool = False,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         if compression not in ("auto", "gzip", "none"):
             raise RunFileError(f"compression={compression!r}; use 'auto', 'gzip' or 'none'.")
@@ -174,6 +203,8 @@ class RunWriter:
                     f.attrs[key] = value
                 f.create_group("streams")
                 f.create_group("journal")
+                if inputs:
+                    write_inputs(f, inputs)
         except FileExistsError as exc:
             raise RunFileError(f"{self.path} already exists; refusing to overwrite a run file.") from exc
         except (OSError, TypeError, ValueError) as exc:

@@ -96,3 +96,82 @@ def test_a_protocol_module_on_the_path_runs_and_lists(tmp_path: Path) -> None:
     assert res.returncode == 2 and "mylab.nope" in res.stderr
     res = hil("run", "lab-custom", "--protocol-module", str(tmp_path / "missing.py"), "--chip", "fake", env=env)
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+INPUT_PROTOCOL = textwrap.dedent(
+    """
+    from pathlib import Path
+    import numpy as np
+    from pydantic import BaseModel, ConfigDict
+    from hil import register_protocol
+
+    class WConfig(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str
+
+    def load(config):
+        w = np.load(config.path, allow_pickle=False)
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"weights in {config.path} hold NaN or inf; give finite weights")
+        return {"weights": (w, str(Path(config.path).resolve()))}
+
+    @register_protocol("with-weights", WConfig, inputs=load)
+    def with_weights(chip, config, run):
+        w = run.inputs["weights"]
+        counts = chip.read_cells([0] * w.shape[0], np.arange(w.shape[0]), 0)
+        run.log("w", w=w, counts=counts)
+        return {"sum": float(w.sum())}
+    """
+)
+
+
+def test_inputs_are_stored_in_the_run_and_replays_use_the_stored_copy(tmp_path: Path) -> None:
+    import numpy as np
+
+    proto = tmp_path / "wproto.py"
+    proto.write_text(INPUT_PROTOCOL)
+    data = tmp_path / "data"
+    data.mkdir()
+    w = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    np.save(data / "W.npy", w)
+    out = tmp_path / "runs"
+    res = hil("run", "with-weights", "--protocol-module", str(proto), "--chip", "fake", "--set", "path=data/W.npy",
+              "--out", str(out), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    path = json.loads(res.stdout)["path"]
+    path = str(tmp_path / path) if not Path(path).is_absolute() else path
+    with RunReader(path) as r:
+        info = r.input_info()["weights"]
+        assert info["shape"] == [5, 3] and info["source"] == str((data / "W.npy").resolve()) and len(info["sha256"]) == 64
+        np.testing.assert_array_equal(r.inputs()["weights"], w)
+    (data / "W.npy").unlink()  # the replay, from another folder, needs only the run file
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    res = hil("replay", path, "--protocol-module", str(proto), "--out", str(other), "--json", cwd=other)
+    assert res.returncode == 0, res.stderr
+    # Bad data is bad input: exit 2 and no run file.
+    np.save(data / "bad.npy", np.array([[np.nan]]))
+    before = sorted(out.glob("*.h5"))
+    for item in ("path=data/missing.npy", "path=data/bad.npy"):
+        res = hil("run", "with-weights", "--protocol-module", str(proto), "--chip", "fake", "--set", item,
+                  "--out", str(out), cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+    assert "NaN or inf" in res.stderr
+    assert sorted(out.glob("*.h5")) == before
+
+
+def test_an_altered_input_is_refused(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    from hil.errors import RunFileError
+    from hil.runs import RunWriter
+
+    RunWriter(tmp_path / "i.h5", {"run_id": "i"}, inputs={"w": np.arange(6.0)}).close(status="success")
+    with h5py.File(tmp_path / "i.h5", "r+") as f:
+        f["inputs/w"][0] = 99.0
+    with RunReader(tmp_path / "i.h5") as r:
+        import pytest
+
+        with pytest.raises(RunFileError, match="does not match its recorded sha256"):
+            r.inputs()
