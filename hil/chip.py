@@ -135,7 +135,8 @@ class Chip(ABC):
     checked and normalised by the public methods (see :mod:`hil.arguments`).
 
     **Optional, with defaults here**: :meth:`from_spec` (so ``--chip NAME:SPEC`` can open it),
-    :attr:`seed`, :attr:`resume_by_reexecution`, :meth:`recorded_timing` and :meth:`close`.
+    :attr:`seed`, :attr:`resume_by_reexecution`, :meth:`begin_call`, :meth:`recorded_timing` and
+    :meth:`close`.
     """
 
     #: Backends set this in ``__init__``.
@@ -151,6 +152,15 @@ class Chip(ABC):
     def from_spec(cls, spec: str, *, seed: int | None = None) -> Chip:
         """Build the chip from the part of a chip spec after ``NAME:`` (``--chip NAME:SPEC``)."""
         raise ChipInputError(f"{cls.__name__} cannot be opened from a chip spec; pass a chip object instead.")
+
+    def begin_call(self, key: str) -> None:  # noqa: B027 - optional hook
+        """The next backend call is the call ``key`` (``"<run_id>:<journal index>"``) of a run.
+
+        The run machinery says this before every journaled call. A backend whose requests can be
+        executed at most once (the lab board: request ids with a reply cache) derives the request id
+        from ``key``, so a call repeated after a crash or a resume is answered from the board's cache
+        instead of being executed twice. Others ignore it.
+        """
 
     def recorded_timing(self) -> RecordedTiming | None:
         """Timing of the call just served from a recording (a replay), or None for a live call.

@@ -24,6 +24,9 @@ from hil.ops import OPS, Op, implement_ops
 class JournalSink(Protocol):
     """Where recorded calls go (:class:`hil.runs.RunWriter` implements it)."""
 
+    @property
+    def n_calls(self) -> int: ...
+
     def journal(
         self,
         op: str,
@@ -73,16 +76,21 @@ class RecordingChip(Chip):
     Its backend methods come from the operation table (:func:`hil.ops.implement_ops`): each
     calls the wrapped chip's backend method and journals :meth:`hil.ops.Op.pack` of the arguments
     plus the result fields. ``guard``: an :class:`InterruptGuard` shared with the engine
-    (optional). If the wrapped chip serves recorded calls (a replay, see
-    :meth:`hil.Chip.recorded_timing`), their recorded chip time and wall times are journaled
-    instead of a live ``now()`` and the wall clock.
+    (optional). ``run_key``: the run's id; each call is announced to the chip as
+    ``begin_call("<run_key>:<journal index>")`` (exactly-once requests on the lab board). If
+    the wrapped chip serves recorded calls (a replay, see :meth:`hil.Chip.recorded_timing`),
+    their recorded chip time and wall times are journaled instead of a live ``now()`` and the
+    wall clock.
     """
 
-    def __init__(self, chip: Chip, sink: JournalSink, *, guard: InterruptGuard | None = None) -> None:
+    def __init__(
+        self, chip: Chip, sink: JournalSink, *, guard: InterruptGuard | None = None, run_key: str | None = None
+    ) -> None:
         self.inner = chip
         self.geometry = chip.geometry
         self._sink = sink
         self._guard = guard or InterruptGuard()
+        self._run_key = run_key
 
     @property
     def info(self) -> ChipInfo:
@@ -98,6 +106,8 @@ class RecordingChip(Chip):
         """Run ``op`` on the wrapped chip, then journal its arguments and result; re-raise its error."""
         with self._guard:
             args = op.pack(*method_args)
+            if self._run_key is not None:
+                self.inner.begin_call(f"{self._run_key}:{self._sink.n_calls}")
             t_wall = time.time()
             t0 = time.perf_counter()
             try:

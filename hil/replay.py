@@ -133,6 +133,7 @@ class ReplayChip(Chip):
         self._on_live = on_live
         self._pos = 0
         self._last: JournalCall | None = None
+        self._key: str | None = None
         self.went_live = False
 
     @classmethod
@@ -170,7 +171,11 @@ class ReplayChip(Chip):
         if self._live is not None:
             self._live.close()
 
-    # ------------------------------------------------------------------ hook for RecordingChip
+    # ------------------------------------------------------------------ hooks for RecordingChip
+    def begin_call(self, key: str) -> None:
+        """Remembered and passed to the live chip if the next call reaches it."""
+        self._key = key
+
     def recorded_timing(self) -> RecordedTiming | None:
         """Chip time and wall times of the recorded call just served; None once live."""
         if self._last is None:
@@ -216,6 +221,9 @@ class ReplayChip(Chip):
         args = op.pack(*method_args)
         rec = self._next(op.name, args)
         live = self._live
+        key, self._key = self._key, None
+        if live is not None and key is not None and (rec is None or self._reexecute):
+            live.begin_call(key)
         if rec is None:
             assert live is not None
             return getattr(live, op.method)(*method_args)

@@ -306,7 +306,7 @@ def _execute(plan: _Plan) -> RunResult:
     writer = plan.writer
     start = writer.start
     guard = InterruptGuard()
-    chip = RecordingChip(plan.chip, writer, guard=guard)
+    chip = RecordingChip(plan.chip, writer, guard=guard, run_key=start.run_id)
     runlog = EngineRunLog(writer, plan.seed, progress=plan.progress, telemetry=plan.telemetry, inputs=plan.inputs)
     plan.index.record(entry_from_attrs(writer.attrs, plan.final_path.name))
     if plan.telemetry is not None:

@@ -142,3 +142,29 @@ def test_an_op_past_the_end_or_differing_is_named(tmp_path: Path) -> None:
         replay.read_cells([0], [1], [2])
         with pytest.raises(ReplayMismatchError, match=r"sleep\(seconds=1.0\) goes past the end"):
             replay.sleep(1.0)
+
+
+def test_every_journaled_call_is_announced_with_a_key_from_the_run_and_its_index(tmp_path: Path) -> None:
+    class Keyed(FakeChip):
+        def __init__(self) -> None:
+            super().__init__(GEO)
+            self.keys: list[str] = []
+
+        def begin_call(self, key: str) -> None:
+            self.keys.append(key)
+
+    live = Keyed()
+    writer = RunWriter(tmp_path / "k.h5", {"run_id": "k", "protocol": "unit", "geometry_json": GEO.model_dump_json()})
+    every_op(RecordingChip(live, writer, run_key="20260101-000000-unit-abc123"))
+    writer.close(status="success")
+    assert live.keys == [f"20260101-000000-unit-abc123:{i}" for i in range(len(OPS))]
+    # A resume answering from the journal announces only the calls that reach the live chip, with
+    # the indices they have in the run: a repeated call gets the key it had before the crash.
+    with RunReader(tmp_path / "k.h5") as reader:
+        resumed = Keyed()
+        w2 = RunWriter(tmp_path / "k2.h5", {"run_id": "k", "protocol": "unit"})
+        chip = RecordingChip(ReplayChip(reader, live=resumed), w2, run_key="20260101-000000-unit-abc123")
+        every_op(chip)
+        chip.sleep(1.0)
+        w2.close(status="success")
+    assert resumed.keys == [f"20260101-000000-unit-abc123:{len(OPS)}"]
