@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hil.errors import ChipInputError, SafetyLimitError, check_index, check_range
+from hil.errors import ChipInputError, SafetyLimitError, as_integers, as_number, check_index, check_range
 
 if TYPE_CHECKING:
     from hil.chip import Geometry, LdpuRegisters, PulseBatch
@@ -28,6 +28,10 @@ WRITE_HEAD_LIMIT_UA = 800.0
 MAX_PULSE_WIDTH_NS = 100_000.0
 #: Longest sleep in one call (s): about 300 years of chip time.
 MAX_SLEEP_S = 1e10
+#: Most addressed elements (pulses or verify reads) in one call: four times a whole 64-core chip.
+MAX_ELEMENTS = 2**26
+#: Most values (inputs or outputs, n_cores x batch x rows or cols) in one MVM call; split larger batches.
+MAX_MVM_VALUES = 2**28
 READ_MODES: tuple[str, ...] = ("4phase", "1phase")
 MVM_OUTPUTS: tuple[str, ...] = ("adc", "ldpu")
 
@@ -59,28 +63,38 @@ def as_1d(name: str, value: Any, n: int, dtype: Any) -> np.ndarray:
 
 
 def seconds(value: Any) -> float:
-    """A sleep time in seconds, checked to lie in [0, MAX_SLEEP_S]."""
-    check_range("seconds", value, 0.0, MAX_SLEEP_S, fix="Sleep a non-negative, finite time in seconds.")
-    return float(value)
+    """A sleep time in seconds, checked to be a number in [0, MAX_SLEEP_S]."""
+    s = as_number("seconds", value)
+    check_range("seconds", s, 0.0, MAX_SLEEP_S, fix="Sleep a non-negative, finite time in seconds.")
+    return s
+
+
+def _count(name: str, n: int) -> None:
+    if n > MAX_ELEMENTS:
+        raise ChipInputError(f"{name} addresses {n} elements in one call; allowed up to {MAX_ELEMENTS}. Split the call.")
 
 
 def pulses(g: Geometry, core: Any, row: Any, col: Any, device: Any, kind: Any, amplitude_ua: Any, width_ns: Any) -> PulseBatch:
     """A checked :class:`~hil.chip.PulseBatch`; raises before anything is applied."""
     from hil.chip import PulseBatch, PulseKind
 
-    core_a = check_index("core", np.atleast_1d(to_numpy(core)), g.n_cores)
-    if core_a.ndim != 1:
-        raise ChipInputError(f"core has shape {core_a.shape}; pass flat (N,) address arrays.")
+    core_raw = np.atleast_1d(to_numpy(core))
+    if core_raw.ndim != 1:
+        raise ChipInputError(f"core has shape {core_raw.shape}; pass flat (N,) address arrays.")
+    _count("apply_pulses", core_raw.shape[0])
+    core_a = check_index("core", core_raw, g.n_cores)
     n = core_a.shape[0]
     addr = {"core": core_a}
     for name, value, size in (("row", row, g.n_rows), ("col", col, g.n_cols), ("device", device, g.n_devices)):
         raw = to_numpy(value)
-        if raw.ndim == 0:
-            raw = as_1d(name, raw, n, np.int64)
-        elif raw.ndim != 1 or raw.shape[0] != n:
+        if raw.ndim != 0 and (raw.ndim != 1 or raw.shape[0] != n):
             raise ChipInputError(f"{name} has shape {raw.shape}; expected ({n},) to match core (one address per pulse).")
-        addr[name] = check_index(name, raw, size)
-    kind_a = as_1d("kind", kind, n, np.int64)
+        idx = check_index(name, raw, size)
+        addr[name] = np.full(n, idx) if idx.ndim == 0 else idx
+    kind_raw = to_numpy(kind)
+    if kind_raw.ndim != 0 and kind_raw.shape != (n,):
+        raise ChipInputError(f"kind has shape {kind_raw.shape}; expected a scalar or shape ({n},) like the addresses.")
+    kind_a = np.broadcast_to(as_integers("kind", kind_raw), (n,))
     check_range("kind", kind_a, 0, max(PulseKind), fix="Use PulseKind.RESET, SET or PARTIAL.")
     amp = as_1d("amplitude_ua", amplitude_ua, n, np.float64)
     if np.any(np.isfinite(amp) & (amp > WRITE_HEAD_LIMIT_UA)):
@@ -103,6 +117,7 @@ def cell_addresses(g: Geometry, core: Any, row: Any, col: Any) -> tuple[np.ndarr
     core_a = np.atleast_1d(to_numpy(core))
     row_a, col_a = to_numpy(row), to_numpy(col)
     n = core_a.shape[0] if core_a.ndim == 1 else -1
+    _count("the read", max(n, 0))
     if n < 0 or np.shape(row_a) not in ((), (n,)) or np.shape(col_a) not in ((), (n,)):
         raise ChipInputError(
             f"address shapes core {core_a.shape}, row {np.shape(row_a)}, col {np.shape(col_a)} differ; "
@@ -153,6 +168,13 @@ def mvm(g: Geometry, x: Any, cores: Any, output: str, mode: str) -> tuple[Any, n
             f"Quantise to integers in [{INPUT_MIN}, {INPUT_MAX}] (e.g. np.int8)."
         )
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    batch = shape[-2] if len(shape) >= 2 else 0
+    values = cores_a.size * batch * max(g.n_rows, g.n_cols)
+    if values > MAX_MVM_VALUES:
+        raise ChipInputError(
+            f"an MVM of batch {batch} on {cores_a.size} cores moves {values} values; allowed up to {MAX_MVM_VALUES}. "
+            "Split the batch into smaller calls."
+        )
     if len(shape) == 2:
         if shape[1] != g.n_rows:
             raise ChipInputError(f"x has shape {shape}; expected (B, {g.n_rows}) or (n_cores, B, {g.n_rows}).")
@@ -181,7 +203,7 @@ def ldpu(g: Geometry, cores: Any, scale: Any, offset: Any, relu: Any) -> tuple[n
     """Checked LDPU registers for ``cores``: scale/offset broadcast to (n_sel, n_cols) FP16, relu (n_sel,)."""
     from hil.chip import LdpuRegisters
 
-    cores_a = check_index("cores", np.atleast_1d(to_numpy(cores)), g.n_cores)
+    cores_a = core_list(g, cores)
     shape = (cores_a.size, g.n_cols)
     regs = {}
     for name, value in (("scale", scale), ("offset", offset)):

@@ -65,14 +65,41 @@ def check_range(name: str, value: Any, low: float, high: float, fix: str = "") -
 
 
 def check_index(name: str, value: Any, size: int) -> np.ndarray:
-    """Return ``value`` as an int64 array after checking it indexes ``range(size)``."""
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        elif arr.size:
-            raise ChipInputError(f"{name} must be integers, got dtype {arr.dtype}; pass an int array.")
-        else:
-            arr = arr.astype(np.int64)
+    """Return ``value`` as an int64 array after checking it indexes ``range(size)``.
+
+    Only integer values are accepted: booleans and non-integral floats are refused (nothing is
+    truncated); integral floats such as ``3.0`` are taken as the integers they are.
+    """
+    arr = as_integers(name, value)
     check_range(name, arr, 0, size - 1, fix=f"Use an index from 0 to {size - 1}.")
-    return arr.astype(np.int64, copy=False)
+    return arr
+
+
+def as_integers(name: str, value: Any) -> np.ndarray:
+    """``value`` as an int64 array; refuses booleans, strings and floats that are not whole numbers."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "b" or isinstance(value, bool):
+        raise ChipInputError(f"{name} is a boolean ({value!r}); pass integers (True is not 1 here).")
+    if arr.dtype.kind in "iu":
+        if arr.dtype.kind == "u" and arr.size and arr.dtype.itemsize == 8 and int(arr.max()) > np.iinfo(np.int64).max:
+            raise ChipInputError(f"{name}={int(arr.max())} is out of range for an index.")
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "f":
+        if arr.size and not np.all(np.isfinite(arr)):
+            raise ChipInputError(f"{name} contains {arr[~np.isfinite(arr)].reshape(-1)[0].item()!r}; pass finite integers.")
+        if arr.size and not np.all(arr == np.round(arr)):
+            bad = arr[arr != np.round(arr)].reshape(-1)[0].item()
+            raise ChipInputError(f"{name}={bad!r} is not a whole number; pass integers (values are never truncated).")
+        if arr.size and np.any(np.abs(arr) > 2**53):
+            raise ChipInputError(f"{name} holds values beyond 2**53; pass int64 integers.")
+        return arr.astype(np.int64)
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    raise ChipInputError(f"{name} must be integers, got dtype {arr.dtype}; pass an int array.")
+
+
+def as_number(name: str, value: Any) -> float:
+    """A real number (int or float, numpy or Python); refuses booleans, strings and arrays."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ChipInputError(f"{name}={value!r} must be a number ({type(value).__name__} given).")
+    return float(value)
