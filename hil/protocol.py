@@ -105,12 +105,12 @@ class MemoryRunLog(RunLog):
         self._inputs = freeze_inputs(inputs or {})
         self.streams: dict[str, dict[str, list[np.ndarray]]] = {}
         self._specs: dict[str, StreamSpec] = {}
+        self.notes: list[str] = []
+        self.last_progress: tuple[int, int | None, str] | None = None
 
     @property
     def inputs(self) -> Mapping[str, np.ndarray]:
         return self._inputs
-        self.notes: list[str] = []
-        self.last_progress: tuple[int, int | None, str] | None = None
 
     @property
     def seed(self) -> int:
