@@ -16,17 +16,23 @@ Model (ASSUMPTION where the papers give no formula; constants in :class:`DeviceM
   handful of pulses and lets gradient-descent programming move devices both ways.
 * Pulses below ``min_effect_ua`` do nothing (too little heating).
 
-Each pulse that changes a device redraws its drift exponent nu at the new conductance and resets
-its programming time t_p.
+Each pulse that changes a device redraws its drift exponent nu at the new conductance, resets its
+programming time t_p and starts a new slow read-noise epoch (``emulator/noise/recurrence.py``).
+The device statistics come from the preset's physics model (``emulator/noise/``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from emulator.presets import EmulatorPreset
-from emulator.statistics import nu_mean, nu_std, q_s, sigma_prog
+from emulator.noise import DeviceNoiseModel, get_model
+from emulator.presets import EmulatorPreset, NoiseModel
 from hil.chip import PulseKind
+
+
+def physics_model(noise: NoiseModel) -> DeviceNoiseModel:
+    """The preset's physics model with the preset's g_max, t0 and t_read."""
+    return get_model(noise.fit, g_max_us=noise.g_max_us, t0_s=noise.t0_s, t_read_s=noise.t_read_s)
 
 
 def pulse_response(
@@ -37,9 +43,11 @@ def pulse_response(
     width_ns: torch.Tensor,
     preset: EmulatorPreset,
     gen: torch.Generator,
+    model: DeviceNoiseModel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New conductances [uS] of devices at ``g`` [uS] after one pulse each; also a changed-mask."""
     d = preset.device
+    model = model or physics_model(preset.noise)
     n = g.shape[0]
     z = torch.randn((3, n), generator=gen, device=g.device, dtype=g.dtype)
     is_reset = (kind == int(PulseKind.RESET)) & (amp_ua >= d.reset_min_ua)
@@ -58,30 +66,27 @@ def pulse_response(
     step = torch.where(target < g, melt, melt * kappa)
     g_partial = g + step * (target - g)
     noise_z = torch.randn(n, generator=gen, device=g.device, dtype=g.dtype)
-    g_partial = g_partial + d.partial_noise_scale * sigma_prog(g_partial / preset.noise.g_max_us, preset.noise) * noise_z
+    sigma = model.prog_sigma_us(g_partial) * (d.partial_noise_scale * preset.noise.prog_noise_scale)
+    g_partial = g_partial + sigma * noise_z
 
     out = torch.where(is_reset, g_reset, torch.where(is_set, g_set_new, g_partial))
     out = torch.where(active, out, g).clamp_min(0.0)
     return out, active
 
 
-def draw_nu(g: torch.Tensor, preset: EmulatorPreset, gen: torch.Generator) -> torch.Tensor:
+def draw_nu(g: torch.Tensor, preset: EmulatorPreset, gen: torch.Generator,
+            model: DeviceNoiseModel | None = None) -> torch.Tensor:
     """Drift exponents of devices just programmed to ``g`` [uS]: |N(mu(g), sigma(g))| x drift_scale."""
-    g_rel = g / preset.noise.g_max_us
-    z = torch.randn(g.shape, generator=gen, device=g.device, dtype=g.dtype)
-    return (nu_mean(g_rel, preset.noise) + nu_std(g_rel, preset.noise) * z).abs() * preset.noise.drift_scale
+    return (model or physics_model(preset.noise)).draw_nu(g, gen, preset.noise.drift_scale)
 
 
-def read_noise_q(g: torch.Tensor, preset: EmulatorPreset) -> torch.Tensor:
+def read_noise_q(g: torch.Tensor, preset: EmulatorPreset, model: DeviceNoiseModel | None = None) -> torch.Tensor:
     """Q_s of devices programmed to ``g`` [uS] (frozen at programming, as in the published model)."""
-    return q_s(g / preset.noise.g_max_us, preset.noise)
+    return (model or physics_model(preset.noise)).q_s_us(g)
 
 
-def statistical_program(
-    g_target: torch.Tensor, preset: EmulatorPreset, gen: torch.Generator
-) -> torch.Tensor:
+def statistical_program(g_target: torch.Tensor, preset: EmulatorPreset, gen: torch.Generator,
+                        model: DeviceNoiseModel | None = None) -> torch.Tensor:
     """Fast path: conductances [uS] that iterative programming to ``g_target`` leaves, drawn from the
-    preset's programming-noise model g = max(g_T + sigma_prog(g_T) xi, 0)."""
-    z = torch.randn(g_target.shape, generator=gen, device=g_target.device, dtype=g_target.dtype)
-    sig = sigma_prog(g_target / preset.noise.g_max_us, preset.noise)
-    return (g_target + sig * z).clamp_min(0.0)
+    model's programming noise g = max(g_T + s_prog sigma_prog(g_T) xi, 0)."""
+    return (model or physics_model(preset.noise)).program(g_target, gen, preset.noise.prog_noise_scale)

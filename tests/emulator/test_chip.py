@@ -42,7 +42,7 @@ def test_same_seed_same_results_and_different_seed_differs() -> None:
     for seed in (3, 3, 4):
         chip = small_chip(seed)
         chip.program_conductances([0, 1], g)
-        chip.apply_pulses([0, 1], [2, 3], [4, 5], 1, PulseKind.PARTIAL, 300.0, 125.0)
+        chip.apply_pulses([0, 1], [2, 3], [4, 5], 1, kind=PulseKind.PARTIAL, amplitude_ua=300.0, width_ns=125.0)
         outs.append((chip.mvm(x), chip.read_devices([0, 1], [2, 3], [4, 5], 1), chip.now()))
     assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
     assert outs[0][2] == outs[1][2]
@@ -64,40 +64,40 @@ def test_virtual_clock_sleep_costs_no_wall_time_and_ops_take_chip_time() -> None
     # 64 pulses on one core with 32 write heads: 2 slots of (125 + 50) ns.
     t2 = chip.now()
     c, r, k = grid([0], range(8), range(8))
-    chip.apply_pulses(c, r, k, 0, PulseKind.PARTIAL, 300.0, 125.0)
+    chip.apply_pulses(c, r, k, 0, kind=PulseKind.PARTIAL, amplitude_ua=300.0, width_ns=125.0)
     assert chip.now() - t2 == pytest.approx(2 * 175e-9, abs=1e-10)
 
 
 def test_reset_set_and_partial_pulses_behave_physically() -> None:
     chip = small_chip()
     c, r, k = grid([0, 1], range(32), range(32))
-    chip.apply_pulses(c, r, k, 0, PulseKind.RESET, 700.0, 125.0)
+    chip.apply_pulses(c, r, k, 0, kind=PulseKind.RESET, amplitude_ua=700.0, width_ns=125.0)
     reset = chip.read_devices(c, r, k, 0)
     assert np.mean(reset < 5) > 0.99  # |G_RESET| < 5 counts on >99 % of cells [NE23]
-    chip.apply_pulses(c, r, k, 0, PulseKind.SET, 125.0, 250.0)
+    chip.apply_pulses(c, r, k, 0, kind=PulseKind.SET, amplitude_ua=125.0, width_ns=250.0)
     g_set = chip.true_conductances()[..., 0]
     assert 11.0 < g_set.mean() < 13.0
     assert np.mean(chip.read_devices(c, r, k, 0) > 50) > 0.99  # SET yield criterion [NE23]
     # A PARTIAL pulse's final state falls with its current (melt-quench from SET).
     means = []
     for amp in (200.0, 400.0, 650.0):
-        chip.apply_pulses(c, r, k, 0, PulseKind.SET, 125.0, 250.0)
-        chip.apply_pulses(c, r, k, 0, PulseKind.PARTIAL, amp, 125.0)
+        chip.apply_pulses(c, r, k, 0, kind=PulseKind.SET, amplitude_ua=125.0, width_ns=250.0)
+        chip.apply_pulses(c, r, k, 0, kind=PulseKind.PARTIAL, amplitude_ua=amp, width_ns=125.0)
         means.append(chip.true_conductances()[..., 0].mean())
     assert means[0] > means[1] > means[2]
     # Below the target a weak pulse crystallises part of the way up.
-    chip.apply_pulses(c, r, k, 0, PulseKind.RESET, 700.0, 125.0)
+    chip.apply_pulses(c, r, k, 0, kind=PulseKind.RESET, amplitude_ua=700.0, width_ns=125.0)
     low = chip.true_conductances()[..., 0].mean()
-    chip.apply_pulses(c, r, k, 0, PulseKind.PARTIAL, 150.0, 125.0)
+    chip.apply_pulses(c, r, k, 0, kind=PulseKind.PARTIAL, amplitude_ua=150.0, width_ns=125.0)
     up = chip.true_conductances()[..., 0].mean()
     assert low + 2.0 < up < 11.0
 
 
 def test_repeated_pulses_on_one_device_apply_in_order() -> None:
     chip = small_chip()
-    chip.apply_pulses([0, 0], [1, 1], [1, 1], [0, 0], [PulseKind.SET, PulseKind.RESET], [125.0, 700.0], [250.0, 125.0])
+    chip.apply_pulses([0, 0], [1, 1], [1, 1], [0, 0], kind=[PulseKind.SET, PulseKind.RESET], amplitude_ua=[125.0, 700.0], width_ns=[250.0, 125.0])
     assert chip.true_conductances()[0, 1, 1, 0] < 1.0  # RESET came last
-    chip.apply_pulses([0, 0], [1, 1], [1, 1], [0, 0], [PulseKind.RESET, PulseKind.SET], [700.0, 125.0], [125.0, 250.0])
+    chip.apply_pulses([0, 0], [1, 1], [1, 1], [0, 0], kind=[PulseKind.RESET, PulseKind.SET], amplitude_ua=[700.0, 125.0], width_ns=[125.0, 250.0])
     assert chip.true_conductances()[0, 1, 1, 0] > 5.0  # SET came last
 
 
@@ -236,24 +236,32 @@ def _snapshot(chip: EmulatedChip) -> tuple[np.ndarray, float, np.ndarray]:
     return chip.true_conductances(), chip.now(), chip.get_ldpu().scale.copy()
 
 
+def _rng_states(chip: EmulatedChip) -> list[torch.Tensor]:
+    """States of every noise source's generator (programming, slow 1/f, fast 1/f, output)."""
+    return [g.get_state() for g in (chip._gen, chip._slow_gen, *chip._noise_gens, *chip._out_gens)]
+
+
 BAD_CALLS = [
-    ("amplitude above limit", lambda c: c.apply_pulses([0], [0], [0], [0], PulseKind.PARTIAL, 900.0, 125.0), SafetyLimitError, "800"),
-    ("zero width", lambda c: c.apply_pulses([0], [0], [0], [0], PulseKind.PARTIAL, 300.0, 0.0), ChipInputError, "width_ns"),
-    ("negative width", lambda c: c.apply_pulses([0, 0], [0, 1], [0, 0], [0, 0], 2, 300.0, [125.0, -5.0]), ChipInputError, "width_ns"),
-    ("NaN amplitude", lambda c: c.apply_pulses([0], [0], [0], [0], 2, float("nan"), 125.0), ChipInputError, "amplitude_ua"),
-    ("core out of range", lambda c: c.apply_pulses([0, 2], [0, 0], [0, 0], [0, 0], 2, 300.0, 125.0), ChipInputError, r"core=2.*\[0, 1\]"),
+    ("amplitude above limit", lambda c: c.apply_pulses([0], [0], [0], [0], kind=PulseKind.PARTIAL, amplitude_ua=900.0, width_ns=125.0), SafetyLimitError, "800"),
+    ("zero width", lambda c: c.apply_pulses([0], [0], [0], [0], kind=PulseKind.PARTIAL, amplitude_ua=300.0, width_ns=0.0), ChipInputError, "width_ns"),
+    ("negative width", lambda c: c.apply_pulses([0, 0], [0, 1], [0, 0], [0, 0], kind=2, amplitude_ua=300.0, width_ns=[125.0, -5.0]), ChipInputError, "width_ns"),
+    ("NaN amplitude", lambda c: c.apply_pulses([0], [0], [0], [0], kind=2, amplitude_ua=float("nan"), width_ns=125.0), ChipInputError, "amplitude_ua"),
+    ("core out of range", lambda c: c.apply_pulses([0, 2], [0, 0], [0, 0], [0, 0], kind=2, amplitude_ua=300.0, width_ns=125.0), ChipInputError, r"core=2.*\[0, 1\]"),
     ("row out of range", lambda c: c.read_devices([0], [32], [0], [0]), ChipInputError, "row=32"),
-    ("device out of range", lambda c: c.apply_pulses([0], [0], [0], [4], 2, 300.0, 125.0), ChipInputError, "device=4"),
-    ("unknown pulse kind", lambda c: c.apply_pulses([0], [0], [0], [0], 7, 300.0, 125.0), ChipInputError, "kind=7"),
+    ("device out of range", lambda c: c.apply_pulses([0], [0], [0], [4], kind=2, amplitude_ua=300.0, width_ns=125.0), ChipInputError, "device=4"),
+    ("unknown pulse kind", lambda c: c.apply_pulses([0], [0], [0], [0], kind=7, amplitude_ua=300.0, width_ns=125.0), ChipInputError, "kind=7"),
     ("float MVM input", lambda c: c.mvm(np.zeros((1, 32), np.float32)), ChipInputError, "dtype float32"),
     ("MVM input 128", lambda c: c.mvm(np.full((1, 32), 128, np.int16)), ChipInputError, "128"),
     ("MVM input -128", lambda c: c.mvm(np.full((1, 32), -128, np.int8)), ChipInputError, "-128"),
     ("MVM wrong width", lambda c: c.mvm(np.zeros((1, 31), np.int8)), ChipInputError, r"\(B, 32\)"),
     ("MVM repeated core", lambda c: c.mvm(np.zeros((2, 1, 32), np.int8), cores=[1, 1]), ChipInputError, "repeats"),
     ("MVM bad mode", lambda c: c.mvm(np.zeros((1, 32), np.int8), mode="2phase"), ChipInputError, "2phase"),
-    ("address shapes differ", lambda c: c.apply_pulses([0, 0], [0], [0, 1], [0, 0], 2, 300.0, 125.0), ChipInputError, "shape"),
+    ("address shapes differ", lambda c: c.apply_pulses([0, 0], [0], [0, 1], [0, 0], kind=2, amplitude_ua=300.0, width_ns=125.0), ChipInputError, "shape"),
     ("LDPU above FP16", lambda c: c.set_ldpu([0], 1e6, 0.0), ChipInputError, "65504"),
     ("negative sleep", lambda c: c.sleep(-1.0), ChipInputError, "seconds=-1.0"),
+    ("weights of the wrong shape", lambda c: c.program_weights([0], np.zeros((1, 4, 4)), 2), ChipInputError, "shape"),
+    ("three devices per weight", lambda c: c.program_weights([0], np.zeros((1, 32, 32)), 3), ChipInputError, "devices_per_weight"),
+    ("conductance above range", lambda c: c.program_conductances([0], np.full((1, 32, 32, 4), 99.0)), ChipInputError, "g_us"),
 ]
 
 
@@ -261,11 +269,12 @@ BAD_CALLS = [
 def test_bad_input_is_refused_and_state_untouched(what: str, call, exc: type, match: str) -> None:
     chip = small_chip()
     chip.program_conductances([0, 1], signed_targets(np.random.default_rng(0))[1])
-    before = _snapshot(chip)
+    before, rng_before = _snapshot(chip), _rng_states(chip)
     with pytest.raises(exc, match=match):
         call(chip)
     after = _snapshot(chip)
     assert np.array_equal(before[0], after[0]) and before[1] == after[1] and np.array_equal(before[2], after[2])
+    assert all(torch.equal(x, y) for x, y in zip(rng_before, _rng_states(chip), strict=True))  # no source drew
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,9 @@ def test_mvm_error_is_small_with_an_ideal_periphery_and_grows_with_noise() -> No
     cfg = MvmSweepConfig(program_iterations=10, repeats=1, batch=16, input_scales=[0.5])
     ideal = _chip(adc={"gain_sigma": 0.0}, noise={"read_noise_scale": 0.0})
     quiet = mvm_sweep(ideal, cfg, MemoryRunLog(seed=2))["rel_error_by_scale"]["0.5"]
-    noisy = mvm_sweep(_chip(noise={"read_noise_scale": 4.0}), cfg, MemoryRunLog(seed=2))["rel_error_by_scale"]["0.5"]
+    # The slow 1/f part is frozen between redraws, so the read-back reference holds it and only the
+    # fast part shows in the MVM error: a strong scale makes it plain.
+    noisy = mvm_sweep(_chip(noise={"read_noise_scale": 8.0}), cfg, MemoryRunLog(seed=2))["rel_error_by_scale"]["0.5"]
     assert quiet < 0.1 and noisy > 2 * quiet
 
 
