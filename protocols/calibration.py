@@ -1,6 +1,6 @@
 """Calibration of programmed cores: LDPU affine per column, input and conductance ranges, drift.
 
-* **Per-column ADC/LDPU affine calibration** (hermes-chip.md 3.2-3.3, 4c.1): known random inputs X
+* **Per-column ADC/LDPU affine calibration** ([JSSC22] ADC calibration and LDPU, [NE23]): known random inputs X
   go through the programmed core; for each column c the raw counts are fitted by least squares as
   ``y_c ~ a_c (X T)_c + b_c`` with T the intended targets (counts). The LDPU registers get
   ``scale_c = s_out / a_c`` and ``offset_c = -b_c s_out / a_c`` so that the INT8 LDPU output is
@@ -18,7 +18,7 @@
   column's Gmax is scaled by I_S / I_P (floored at ``min_fraction`` Gmax - the paper prints
   ``min(G_max I_S / I_P, G_min)``, read here as a floor). L is not published; 3 is this project's
   choice (ASSUMPTION).
-* **Global drift compensation** (hermes-chip.md 2.6, [JOSHI20] Methods E, aihwkit
+* **Global drift compensation** ([JOSHI20] Methods E, [AIHW]
   GlobalDriftCompensation): right after programming, a fixed reference input set gives the
   reference readout r0 = mean |y| per core; later, ``alpha = r0 / r(t)`` rescales the core's LDPU
   scale registers (one factor per core, as [NE23] "per-core rescaling"). Re-run it at any time.

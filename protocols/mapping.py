@@ -12,6 +12,12 @@ reads return.
   that core. ``Gmax`` is 80 counts for one device per polarity (ODP) and 160 for two (TDP) in the
   paper; optionally lowered per core so that no bit-line current can exceed a limit (see
   :func:`core_gmax`).
+* Mapping options (:class:`MappingSpec`, :func:`map_weights`), as aihwkit's weight clipping and
+  ``weight_scaling_columnwise``: ``Wmax`` from a percentile of ``|W|`` or ``n`` standard deviations of
+  ``W`` instead of the maximum (weights beyond it are clipped to ``+-Wmax``), taken per core or per
+  column (then each column has its own ``Wmax``, and the chip's per-column output scale - the LDPU
+  registers - undoes it). Heavy-tailed trained weights mapped by ``max |W|`` leave most cells below
+  the programming margin, where they stay RESET: :func:`below_margin_fraction` measures that.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from hil.errors import ChipInputError
 GMAX_ODP_COUNTS = 80.0
 GMAX_TDP_COUNTS = 160.0
 #: Verify counts per uS: 80 counts ~ 10.35 uS, the HermesNoiseModel 1-device g_max (ASSUMPTION,
-#: hermes-chip.md 2.1 - the papers give no count-to-uS scale). Used only to turn counts into bit-line
+#: [NE23], [AIHW] - the papers give no count-to-uS scale). Used only to turn counts into bit-line
 #: currents for the saturation bounds; set it from the lab chip's own characterisation there.
 COUNTS_PER_US = 80.0 / 10.35
 
@@ -116,6 +122,80 @@ def check_weights(w: np.ndarray, shape: tuple[int, ...] | None = None, name: str
             "replace NaN/inf before programming."
         )
     return arr
+
+
+class MappingSpec(BaseModel):
+    """How weights become conductances: the clipping that sets ``Wmax``, and per core or per column.
+
+    Statistics are taken over the nonzero weights of the core's tile (or column), so zero padding and
+    pruned weights do not shrink them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    clip: Literal["none", "percentile", "sigma"] = Field(
+        "none", description="Wmax: none = max|W| [NE23 eq. 1]; percentile of |W|; sigmas x std(W)")
+    percentile: float = Field(99.5, gt=50.0, le=100.0, description="clip='percentile': percentile of |W| that maps to Gmax")
+    sigmas: float = Field(3.0, gt=0.0, le=100.0, description="clip='sigma': Wmax = sigmas x std(W) (aihwkit clip 2-3 sigma)")
+    scale: Literal["core", "column"] = Field("core", description="one Wmax per core, or one per column (output)")
+
+
+def _wmax(w: np.ndarray, spec: MappingSpec) -> float:
+    """Wmax of one set of weights (a tile or a column): max |W|, capped by the clipping rule; 1 if all zero."""
+    nz = w[w != 0]
+    if nz.size == 0:
+        return 1.0
+    top = float(np.abs(nz).max())
+    if spec.clip == "percentile":
+        cap = float(np.percentile(np.abs(nz), spec.percentile))
+    elif spec.clip == "sigma":
+        cap = spec.sigmas * float(nz.std()) if nz.size > 1 else top
+    else:
+        cap = top
+    return cap if 0.0 < cap < top else top
+
+
+def map_weights(w_tiles: np.ndarray, gmax_counts: np.ndarray | float,
+                spec: MappingSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Targets [counts] ``G = clip(W, +-Wmax) * Gmax / Wmax`` per core (or per column) and ``Wmax``.
+
+    ``w_tiles``: (n, rows, cols); ``gmax_counts``: scalar or (n,). Returns targets (n, rows, cols) and
+    ``Wmax`` of shape (n, cols) (the same in every column with ``scale='core'``); weights are recovered
+    as ``W = G * Wmax / Gmax`` column by column. ``spec=None`` is :func:`map_to_conductance`.
+    """
+    spec = spec or MappingSpec()
+    w_tiles = check_weights(w_tiles)
+    if w_tiles.ndim != 3:
+        raise ChipInputError(f"w_tiles has shape {w_tiles.shape}; expected (n_tiles, rows, cols).")
+    n, _, cols = w_tiles.shape
+    gmax = np.broadcast_to(np.asarray(gmax_counts, dtype=np.float64), (n,))
+    if np.any(~np.isfinite(gmax)) or np.any(gmax <= 0):
+        raise ChipInputError(f"gmax_counts={gmax.tolist()} must be positive and finite (80 ODP, 160 TDP).")
+    if spec.scale == "core":
+        wmax = np.repeat(np.array([_wmax(w_tiles[i], spec) for i in range(n)])[:, None], cols, axis=1)
+    else:
+        wmax = np.array([[_wmax(w_tiles[i, :, c], spec) for c in range(cols)] for i in range(n)])
+    w = np.clip(w_tiles, -wmax[:, None, :], wmax[:, None, :])
+    return w * (gmax[:, None, None] / wmax[:, None, :]), wmax
+
+
+def clipped_fraction(w_tiles: np.ndarray, wmax: np.ndarray) -> np.ndarray:
+    """Per core: fraction of the nonzero weights beyond ``Wmax`` (n, cols), i.e. clipped by the mapping."""
+    w = np.asarray(w_tiles, dtype=np.float64)
+    nz = (w != 0).reshape(w.shape[0], -1).sum(1)
+    over = (np.abs(w) > wmax[:, None, :] * (1 + 1e-12)).reshape(w.shape[0], -1).sum(1)
+    return over / np.maximum(nz, 1)
+
+
+def below_margin_fraction(w_tiles: np.ndarray, targets: np.ndarray, margin_counts: float) -> np.ndarray:
+    """Per core: fraction of the nonzero weights whose |target| is below the P&V margin [counts].
+
+    P&V leaves such cells RESET (about 0 counts), so in effect they are pruned.
+    """
+    w = np.asarray(w_tiles)
+    nz = w != 0
+    small = nz & (np.abs(targets) < margin_counts)
+    return small.reshape(w.shape[0], -1).sum(1) / np.maximum(nz.reshape(w.shape[0], -1).sum(1), 1)
 
 
 def bitline_currents_ua(
@@ -269,3 +349,41 @@ def select_cores(cores: list[int] | None, geometry: Geometry) -> np.ndarray:
     if np.unique(arr).size != arr.size:
         raise ChipInputError(f"cores={cores!r} repeats a core; list each core once.")
     return arr
+
+
+def resolve_cores(cores: list[int] | None, spec: WeightSpec, geometry: Geometry) -> np.ndarray:
+    """Cores a protocol programs, checked before any chip call (loads and checks a weight file).
+
+    Random weights: :func:`select_cores` (null: all cores). File weights: null selects the first
+    cores the matrix needs; a list must name exactly that many cores, because a core without weights
+    has no MVM error to measure (its ideal output is zero). A tile of the file that is all zero is
+    refused for the same reason.
+    """
+    if spec.kind != "file":
+        return select_cores(cores, geometry)
+    w = load_weight_file(spec.path or "", spec.dataset)
+    shape = (geometry.n_rows, geometry.n_cols)
+    tiles, layout = split_tiles(w, shape)
+    need = layout.n_tiles
+    cores_word = "core" if need == 1 else "cores"
+    if need > geometry.n_cores:
+        raise ChipInputError(f"the weight matrix {layout.shape} needs {need} cores of {shape}; the chip has "
+                             f"{geometry.n_cores}. Use a smaller matrix or a chip with more cores.")
+    if cores is None:
+        sel = np.arange(need)
+    else:
+        sel = select_cores(cores, geometry)
+        if sel.size < need:
+            raise ChipInputError(f"the weight matrix {layout.shape} needs {need} cores of {shape}; only {sel.size} "
+                                 f"selected (cores={cores}). Select {need} cores or use a smaller matrix.")
+        if sel.size > need:
+            raise ChipInputError(f"cores={cores} selects {sel.size} cores, but the weight matrix {layout.shape} fills only "
+                                 f"{need} of {shape}; the other cores would hold no weights. Select {need} {cores_word}, "
+                                 f"e.g. cores={sel[:need].tolist()}, or null for the first {need}.")
+    empty = [t for t in layout.tiles if not np.any(tiles[t.index])]
+    if empty:
+        t = empty[0]
+        raise ChipInputError(f"tile {t.index} of the weight matrix (rows {t.rows.start}:{t.rows.stop}, cols "
+                             f"{t.cols.start}:{t.cols.stop}) is all zero: its core would hold no weights and have no "
+                             "MVM error. Remove the zero block from the matrix.")
+    return sel

@@ -36,12 +36,13 @@ class MvmErrors:
     residual: np.ndarray
     scale: np.ndarray
 
-    def summary(self) -> dict[str, float]:
-        """Means over cores (JSON-able)."""
+    def summary(self) -> dict[str, Any]:
+        """Means over cores, and the total error of each core (JSON-able)."""
         return {
             "total": float(np.mean(self.total)),
             "linear": float(np.mean(self.linear)),
             "residual": float(np.mean(self.residual)),
+            "total_per_core": [float(v) for v in self.total],
         }
 
 
@@ -73,10 +74,15 @@ def least_squares_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def fit_scale(y_exp: np.ndarray, y_fp: np.ndarray) -> np.ndarray:
-    """Per-core least-squares scale s minimising ||y_exp - s y_fp|| (shape (n,))."""
+    """Per-core least-squares scale s minimising ||y_exp - s y_fp|| (shape (n,)).
+
+    A core whose ideal output is zero (no weights) or whose output carries none of it has no scale;
+    it gets 1.0 instead of 0, so that dividing by the scale never makes NaN or inf.
+    """
     num = (y_exp * y_fp).sum(axis=(1, 2))
     den = (y_fp * y_fp).sum(axis=(1, 2))
-    return num / np.where(den > 0, den, 1.0)
+    s = num / np.where(den > 0, den, 1.0)
+    return np.where((den > 0) & (s != 0) & np.isfinite(s), s, 1.0)
 
 
 def mvm_errors(x: np.ndarray, y_exp: Any, w: np.ndarray, scale: Any = None) -> MvmErrors:

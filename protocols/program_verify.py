@@ -1,4 +1,4 @@
-"""Iterative program-and-verify (P&V) as on HERMES [NE23 Methods; hermes-chip.md 4a].
+"""Iterative program-and-verify (P&V) as on HERMES [NE23 Methods].
 
 Per unit cell, batched over every cell of every selected core:
 
@@ -32,15 +32,19 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from hil.chip import Chip, PulseKind
+from hil.chip import Chip, Geometry, PulseKind
 from hil.errors import ChipInputError
 from hil.protocol import MemoryRunLog, RunLog, register_protocol
 from protocols.mapping import (
     GMAX_ODP_COUNTS,
+    MappingSpec,
     WeightSpec,
+    below_margin_fraction,
+    bitline_currents_ua,
     check_weights,
-    core_gmax,
-    map_to_conductance,
+    clipped_fraction,
+    map_weights,
+    resolve_cores,
     select_cores,
     weight_tiles,
 )
@@ -77,7 +81,8 @@ class ProgramState:
 
     ``read``: last verify read (counts, G+ - G-); ``converged``: within the margin; ``pulses``:
     iterative pulses applied; ``current_ua``: the last pulse current (where the next would start);
-    ``device``: the device iterated on; ``chip_time_s`` / ``wall_s``: time the programming took.
+    ``device``: the device iterated on; ``chip_time_s`` / ``wall_s``: time the programming took;
+    ``partial``: cells whose last pulse was a PARTIAL pulse on ``device`` (None: not recorded).
     """
 
     cores: np.ndarray
@@ -89,12 +94,14 @@ class ProgramState:
     device: np.ndarray
     chip_time_s: float
     wall_s: float
+    partial: np.ndarray | None = None  # last pulse was PARTIAL on ``device`` (its current_ua traces the curve)
 
     def summary(self, gmax: Any = None) -> dict[str, Any]:
         """JSON-able figures: convergence, mean pulses, verify-read error relative to ``gmax``."""
         err = self.read - self.targets
         nz = self.targets != 0
         out: dict[str, Any] = {
+            "stopped": "converged" if bool(self.converged.all()) else "max_iterations",
             "converged_fraction": float(self.converged.mean()),
             "mean_pulses": float(self.pulses.mean()),
             "verify_error_rms_counts": float(np.sqrt(np.mean(err[nz] ** 2))) if nz.any() else 0.0,
@@ -133,7 +140,7 @@ def _pulse_cells(chip: Chip, cores: np.ndarray, flat: np.ndarray, device: Any, k
     if flat.size == 0:
         return
     c, r, k = _addr(cores, flat, g.n_rows, g.n_cols)
-    chip.apply_pulses(c, r, k, device, kind, amp, width)
+    chip.apply_pulses(c, r, k, device, kind=kind, amplitude_ua=amp, width_ns=width)
 
 
 def _reset_cells(chip: Chip, cores: np.ndarray, devices: tuple[int, ...], params: ProgramVerifyParams) -> None:
@@ -142,7 +149,7 @@ def _reset_cells(chip: Chip, cores: np.ndarray, devices: tuple[int, ...], params
     for r0 in range(0, g.n_rows, _ROW_CHUNK):
         rows = np.arange(r0, min(g.n_rows, r0 + _ROW_CHUNK))
         c, r, k, d = (a.reshape(-1) for a in np.meshgrid(cores, rows, np.arange(g.n_cols), devices, indexing="ij"))
-        chip.apply_pulses(c, r, k, d, PulseKind.RESET, params.reset_ua, params.reset_ns)
+        chip.apply_pulses(c, r, k, d, kind=PulseKind.RESET, amplitude_ua=params.reset_ua, width_ns=params.reset_ns)
 
 
 def verify(chip: Chip, cores: np.ndarray, flat: np.ndarray, reads: int) -> np.ndarray:
@@ -163,11 +170,15 @@ def program_verify(
     targets: Any,
     params: ProgramVerifyParams | None = None,
     run: RunLog | None = None,
+    *,
+    cells: np.ndarray | None = None,
 ) -> ProgramState:
     """Program signed targets [counts], shape (n_sel, rows, cols), into ``cores`` by P&V.
 
     Every argument is checked before the first pulse. Logs stream ``pv_iterations`` (one row per
-    iteration) to ``run``.
+    iteration) to ``run``. ``cells``: flat indices into (n_sel, rows, cols) of the only cells to
+    program (RESET, SET, iterate); every other cell is neither pulsed nor read, and its entries of the
+    returned state are zero (GDP uses this to re-program the cells it made worse). None: all cells.
     """
     params = params or ProgramVerifyParams()
     run = run or MemoryRunLog()
@@ -176,14 +187,27 @@ def program_verify(
     t = check_targets(chip, cores, targets)
     if params.min_ua >= params.max_ua:
         raise ChipInputError(f"min_ua={params.min_ua} must be below max_ua={params.max_ua}.")
+    if 2 * params.devices_per_weight > g.n_devices:
+        raise ChipInputError(f"devices_per_weight={params.devices_per_weight} needs {2 * params.devices_per_weight} "
+                             f"devices per unit cell; this chip has {g.n_devices}. Use devices_per_weight=1.")
+    if cells is not None:
+        cells = np.unique(np.asarray(cells, dtype=np.int64))
+        if cells.size and (cells[0] < 0 or cells[-1] >= t.size):
+            raise ChipInputError(f"cells holds {int(cells[0] if cells[0] < 0 else cells[-1])}; allowed [0, {t.size - 1}].")
     wall0, chip0 = time.perf_counter(), chip.now()
     n_cells = t.size
     mag = np.abs(t).reshape(-1)
     sign = np.where(t.reshape(-1) < 0, -1, 1)
     base = np.where(sign > 0, 0, g.n_devices // 2)
+    todo = np.arange(n_cells) if cells is None else cells
 
-    _reset_cells(chip, cores, tuple(range(g.n_devices)), params)
-    program = np.flatnonzero(mag >= params.margin_counts)
+    if cells is None:
+        _reset_cells(chip, cores, tuple(range(g.n_devices)), params)
+    else:
+        every = np.repeat(todo, g.n_devices)
+        _pulse_cells(chip, cores, every, np.tile(np.arange(g.n_devices), todo.size), PulseKind.RESET,
+                     params.reset_ua, params.reset_ns)
+    program = todo[mag[todo] >= params.margin_counts]
     device = base.copy()
     dev_target = mag.copy()
     if params.devices_per_weight == 1:
@@ -210,7 +234,10 @@ def program_verify(
     pulses = np.zeros(n_cells, dtype=np.int32)
     read = np.zeros(n_cells)
     converged = np.zeros(n_cells, dtype=bool)
-    active = np.arange(n_cells)
+    # Cells whose last pulse was a PARTIAL one on the iterated device: only their current traces the
+    # programming curve (target -> current) that GDP starts from.
+    partial = np.zeros(n_cells, dtype=bool)
+    active = todo.copy()
     first = np.ones(n_cells, dtype=bool)
     for it in range(params.max_iterations + 1):
         read[active] = verify(chip, cores, active, params.reads_per_verify)
@@ -219,28 +246,30 @@ def program_verify(
         converged[active[ok]] = True
         run.log("pv_iterations", iteration=it, active=int(active.size), converged=int(converged.sum()),
                 mean_abs_error_counts=float(np.abs(err).mean()) if err.size else 0.0, chip_time_s=chip.now() - chip0)
-        run.progress(int(converged.sum()), n_cells, "program-verify")
+        run.progress(int(converged.sum()), todo.size, "program-verify")
         active, err = active[~ok], err[~ok]
         if it == params.max_iterations or active.size == 0:
             break
+        # Cells whose target is below the margin but read outside it are RESET again (no current law).
+        small = mag[active] < params.margin_counts
         # First pulse: current from the target's share of the device's SET read; later: follow the error.
-        f = active[first[active]]
+        f = active[first[active] & ~small]
         if f.size:
             other = mag[f] - dev_target[f]  # conductance of a device kept at SET (TDP), else 0
             g_set = np.maximum(sign[f] * read[f] - other, 1.0)
             frac = np.clip(dev_target[f] / g_set, 0.0, 1.0)
             current[f] = params.max_ua - (params.max_ua - params.min_ua) * frac
             first[f] = False
-        later = active[pulses[active] > 0]
-        err_later = err[pulses[active] > 0]
-        current[later] = np.clip(current[later] + params.gain_ua_per_count * err_later, params.min_ua, params.max_ua)
-        # One batch: cells whose target is below the margin but read outside it are RESET again.
-        small = mag[active] < params.margin_counts
+        later = (pulses[active] > 0) & ~small
+        current[active[later]] = np.clip(current[active[later]] + params.gain_ua_per_count * err[later],
+                                         params.min_ua, params.max_ua)
+        current[active[small]] = params.reset_ua
         kinds = np.where(small, int(PulseKind.RESET), int(PulseKind.PARTIAL))
         amps = np.where(small, params.reset_ua, current[active])
         widths = np.where(small, params.reset_ns, params.pulse_ns)
         _pulse_cells(chip, cores, active, device[active], kinds, amps, widths)
         pulses[active] += 1
+        partial[active] = ~small
 
     shape = t.shape
     return ProgramState(
@@ -253,6 +282,7 @@ def program_verify(
         device=device.reshape(shape).astype(np.int8),
         chip_time_s=chip.now() - chip0,
         wall_s=time.perf_counter() - wall0,
+        partial=partial.reshape(shape),
     )
 
 
@@ -260,8 +290,9 @@ def program_verify(
 class ProgramVerifyConfig(ProgramVerifyParams):
     """Program target weights into cores by iterative program-and-verify and measure the result."""
 
-    cores: list[int] | None = Field(None, description="cores to program (null: all)")
+    cores: list[int] | None = Field(None, description="cores to program (null: all; file weights: the cores they fill)")
     weights: WeightSpec = Field(default_factory=WeightSpec, description="target weights")
+    mapping: MappingSpec = Field(default_factory=MappingSpec, description="weights -> conductances: clipping, per core/column")
     gmax_counts: float | None = Field(None, gt=0.0, le=400.0, description="Gmax [counts]; null: 80 ODP / 160 TDP")
     bitline_limit_ua: float | None = Field(
         None, gt=0.0, le=1000.0, description="lower Gmax per core to keep BL currents below this [uA]"
@@ -269,14 +300,67 @@ class ProgramVerifyConfig(ProgramVerifyParams):
     eval_inputs: int = Field(1024, ge=0, le=65536, description="random MVMs for the error metrics (0: skip)")
 
 
+def check_inputs(config: ProgramVerifyConfig, geometry: Geometry) -> None:
+    """Every check of a ``program-verify`` config against a chip's geometry, with no chip call.
+
+    Raises :class:`ChipInputError` (a ``ValueError``) naming the value, the allowed range and the
+    fix: inconsistent currents, more devices per weight than the unit cell has, cores out of range or
+    repeated, a missing / non-numeric / non-finite / non-2-D weight file, a matrix that needs more
+    cores than selected or fills fewer, an all-zero tile.
+    """
+    check_params(config, geometry)
+    resolve_cores(config.cores, config.weights, geometry)
+
+
+def check_params(params: ProgramVerifyParams, geometry: Geometry) -> None:
+    """Consistency of P&V hyperparameters with each other and with the unit cell."""
+    if params.min_ua >= params.max_ua:
+        raise ChipInputError(f"min_ua={params.min_ua} must be below max_ua={params.max_ua}.")
+    if 2 * params.devices_per_weight > geometry.n_devices:
+        raise ChipInputError(f"devices_per_weight={params.devices_per_weight} needs {2 * params.devices_per_weight} "
+                             f"devices per unit cell; this chip has {geometry.n_devices}. Use devices_per_weight=1.")
+
+
+@dataclass
+class Targets:
+    """What :func:`map_targets` makes of a config: cores, targets [counts], Gmax per core [counts],
+    Wmax (n, cols) in weight units and mapping figures per core."""
+
+    cores: np.ndarray
+    weights: np.ndarray
+    targets: np.ndarray
+    gmax: np.ndarray
+    wmax: np.ndarray
+    clipped_fraction: np.ndarray
+    below_margin_fraction: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able mapping figures (means over cores)."""
+        return {"clipped_fraction": float(self.clipped_fraction.mean()),
+                "below_margin_fraction": float(self.below_margin_fraction.mean())}
+
+
+def map_targets(chip: Chip, cfg: Any, run: RunLog, devices_per_weight: int = 1, margin_counts: float = 5.0) -> Targets:
+    """Cores, targets and Gmax from a config's ``cores``, ``weights``, ``mapping`` (optional; default
+    max |W| per core), ``gmax_counts`` (None: 80 counts per device of a polarity) and
+    ``bitline_limit_ua`` (lowers a core's Gmax so that no bit-line current can exceed it)."""
+    g = chip.geometry
+    cores = resolve_cores(cfg.cores, cfg.weights, g)
+    spec = getattr(cfg, "mapping", None) or MappingSpec()
+    w = weight_tiles(cfg.weights, g, cores.size, run.rng("weights"))
+    gmax = np.full(cores.size, float(cfg.gmax_counts or GMAX_ODP_COUNTS * devices_per_weight))
+    targets, wmax = map_weights(w, gmax, spec)
+    if cfg.bitline_limit_ua is not None:
+        worst = bitline_currents_ua(targets).max(-1)
+        factor = np.where(worst > cfg.bitline_limit_ua, cfg.bitline_limit_ua / np.maximum(worst, 1e-12), 1.0)
+        gmax, targets = gmax * factor, targets * factor[:, None, None]
+    return Targets(cores, w, targets, gmax, wmax, clipped_fraction(w, wmax), below_margin_fraction(w, targets, margin_counts))
+
+
 def prepare_targets(chip: Chip, cfg: Any, run: RunLog, devices_per_weight: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cores, target counts (n, rows, cols) and Gmax per core from a config's ``cores``,
-    ``weights``, ``gmax_counts`` (None: 80 counts per device of a polarity) and ``bitline_limit_ua``."""
-    cores = select_cores(cfg.cores, chip.geometry)
-    w = weight_tiles(cfg.weights, chip.geometry, cores.size, run.rng("weights"))
-    gmax = core_gmax(w, cfg.gmax_counts or GMAX_ODP_COUNTS * devices_per_weight, bitline_limit_ua=cfg.bitline_limit_ua)
-    targets, _ = map_to_conductance(w, gmax)
-    return cores, targets, gmax
+    """Cores, target counts (n, rows, cols) and Gmax per core of a config (see :func:`map_targets`)."""
+    m = map_targets(chip, cfg, run, devices_per_weight)
+    return m.cores, m.targets, m.gmax
 
 
 def log_cells(run: RunLog, state: ProgramState, stream: str = "cells") -> None:
@@ -296,11 +380,14 @@ def plots(run_file: Any, out_dir: Any) -> list[Any]:
 @register_protocol("program-verify", ProgramVerifyConfig, plots=plots, deterministic=True)
 def program_verify_protocol(chip: Chip, config: ProgramVerifyConfig, run: RunLog) -> dict[str, Any]:
     """Iterative program-and-verify of target weights (HERMES), with MVM error metrics."""
-    cores, targets, gmax = prepare_targets(chip, config, run, config.devices_per_weight)
+    check_inputs(config, chip.geometry)
+    m = map_targets(chip, config, run, config.devices_per_weight, config.margin_counts)
+    cores, targets, gmax = m.cores, m.targets, m.gmax
     params = ProgramVerifyParams(**{k: getattr(config, k) for k in ProgramVerifyParams.model_fields})
     state = program_verify(chip, cores, targets, params, run)
     log_cells(run, state)
-    out: dict[str, Any] = {"cores": cores.tolist(), "gmax_counts": gmax.tolist(), **state.summary(gmax)}
+    out: dict[str, Any] = {"cores": cores.tolist(), "gmax_counts": gmax.tolist(), "mapping": m.summary(),
+                           **state.summary(gmax)}
     if config.eval_inputs:
         errs, _, _ = measure_mvm_errors(chip, cores, targets, run.rng("eval"), n_inputs=config.eval_inputs)
         run.log("mvm_error", core=cores, total=errs.total, linear=errs.linear, residual=errs.residual)

@@ -91,3 +91,22 @@ def test_gdp_refuses_a_two_device_start(small_chip) -> None:
     with pytest.raises(ChipInputError, match="one programming device per polarity"):
         gradient_descent_program(small_chip, [0, 1], t, GdpParams(batch=64), start=start)
     assert small_chip.now() == now
+
+
+@pytest.mark.slow
+def test_gdp_study_subset() -> None:
+    """A subset of ``python -m tests.protocols.gdp_study``: GDP at or below P&V on every core, 30 % lower in the median."""
+    from .gdp_study import run_case
+
+    cases = ["uniform", "normal-3sigma", "normal-2sigma", "sparse"]
+    try:
+        import sklearn  # noqa: F401
+
+        cases.append("digits")
+    except ImportError:
+        pass
+    rows = [run_case(case, 1, seed) for case in cases for seed in (0, 1)] + [run_case("normal-3sigma", 4, 0)]
+    ratios = np.concatenate([np.asarray(r["gdp"]) / np.asarray(r["pv"]) for r in rows])
+    assert np.all(ratios <= 1.0)
+    assert np.median(ratios) <= 0.7
+    assert all(r["stopped"] != "diverged" for r in rows)

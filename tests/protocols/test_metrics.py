@@ -61,3 +61,14 @@ def test_weight_error_is_relative_to_gmax_and_skips_zero_targets() -> None:
     assert out["n"] == 3
     assert out["mean"] == pytest.approx(4 / 3 / 80)
     assert out["rms"] == pytest.approx(4 / 80)
+
+
+def test_a_core_without_weights_gives_finite_errors(setup) -> None:
+    x, w = setup
+    w = w.copy()
+    w[1] = 0.0  # no weights: ideal output zero, no scale to fit
+    y = np.matmul(x.astype(float), w) + np.random.default_rng(2).normal(0, 1.0, (2, x.shape[0], w.shape[2]))
+    e = mvm_errors(x, y, w)
+    assert np.all(np.isfinite(e.total)) and np.all(np.isfinite(e.scale)) and e.scale[1] == 1.0
+    s = e.summary()
+    assert len(s["total_per_core"]) == 2 and all(np.isfinite(v) for v in s["total_per_core"])
