@@ -22,13 +22,22 @@ from an asyncio stream (server side) and :class:`Message` carries the parsed res
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import logging
 import math
+import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from hil.errors import ConfigError
+
+log = logging.getLogger("hil.board_protocol")
 
 PROTOCOL_VERSION = 1
 #: Longest command line in bytes (arrays travel as blocks, so lines stay short).
@@ -53,10 +62,16 @@ _KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _BARE_RE = re.compile(r"[A-Za-z0-9_.:+-]+")
 _ARRAY_RE = re.compile(r"@([a-z][0-9])(?::([a-z][0-9]))?\[([0-9,]*)\]")
 _INT_RE = re.compile(r"[+-]?[0-9]+")
+#: A number as Python ``repr`` writes a float (or an integer): no underscores, no words but inf and nan.
+_FLOAT_RE = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|nan)")
 _TOKEN_RE = re.compile(r'\s*([a-z][a-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S+)')
 
 #: Error codes of ``ERR`` replies.
-ERROR_CODES = ("PROTOCOL", "UNKNOWN", "INPUT", "SAFETY", "STALE", "CHIP", "INTERNAL")
+ERROR_CODES = ("PROTOCOL", "UNKNOWN", "INPUT", "SAFETY", "STALE", "CONFLICT", "LIMIT", "BUSY", "AUTH", "CHIP", "INTERNAL")
+#: Kinds of value a typed getter accepts (see :meth:`Message.get_array`).
+ValueKind = Literal["int", "float", "bool"]
+#: dtype kinds of arrays accepted for each value kind: integers are numbers, booleans are not.
+_ARRAY_KINDS: dict[str, str] = {"int": "iu", "float": "iuf", "bool": "b"}
 
 
 class BoardProtocolError(ValueError):
@@ -67,6 +82,12 @@ class BoardProtocolError(ValueError):
         self.rid = rid
         self.fatal = fatal
         self.code = code
+
+
+class Quoted(str):
+    """A parameter value that arrived as a JSON string literal: text, never a number."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -99,43 +120,66 @@ class Message:
             raise BoardProtocolError(f"{self.verb} needs parameter {key!r}", rid=self.rid)
         return self.params[key]
 
+    def _refuse(self, key: str, value: Any, what: str) -> BoardProtocolError:
+        if isinstance(value, Quoted):
+            shown = f"{key}={json.dumps(str(value))[:60]} (a quoted string)"
+        elif isinstance(value, np.ndarray):
+            shown = f"{key}=@{array_code(value.dtype)}{list(value.shape)}"
+        else:
+            shown = f"{key}={value!r}"
+        return BoardProtocolError(f"{self.verb}: {shown} is not {what}", rid=self.rid, code="INPUT")
+
     def get_int(self, key: str) -> int:
-        """Parameter ``key`` as an integer."""
+        """Parameter ``key`` as an integer: a bare decimal token (no quotes, no fraction, no bool words)."""
         value = self._get(key)
-        if isinstance(value, str) and _INT_RE.fullmatch(value):
+        if isinstance(value, str) and not isinstance(value, Quoted) and _INT_RE.fullmatch(value):
             return int(value)
-        raise BoardProtocolError(f"{self.verb}: {key}={value!r} is not an integer", rid=self.rid)
+        raise self._refuse(key, value, "an integer")
 
     def get_float(self, key: str) -> float:
-        """Parameter ``key`` as a float (``repr`` text, also inf and nan)."""
+        """Parameter ``key`` as a float: a bare number token (``repr`` text, also inf and nan; never quoted)."""
         value = self._get(key)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise BoardProtocolError(f"{self.verb}: {key}={value!r} is not a number", rid=self.rid)
+        if isinstance(value, str) and not isinstance(value, Quoted) and _FLOAT_RE.fullmatch(value):
+            return float(value)
+        raise self._refuse(key, value, "a number")
 
     def get_str(self, key: str) -> str:
-        """Parameter ``key`` as text."""
+        """Parameter ``key`` as text (a bare word or a quoted string)."""
         value = self._get(key)
         if isinstance(value, str):
-            return value
-        raise BoardProtocolError(f"{self.verb}: {key} must be a word or string, got an array", rid=self.rid)
+            return str(value)
+        raise BoardProtocolError(f"{self.verb}: {key} must be a word or string, got an array", rid=self.rid, code="INPUT")
 
-    def get_array(self, key: str, *, scalar_ok: bool = True) -> Any:
-        """An array parameter, or (``scalar_ok``) a bare number meaning 'the same for every element'."""
+    def get_array(self, key: str, *, scalar_ok: bool = True, kind: ValueKind | None = None) -> Any:
+        """An array parameter, or (``scalar_ok``) a bare number meaning 'the same for every element'.
+
+        ``kind``: what the values must be. ``"int"``: integer arrays (``i*``, ``u*``) or integer
+        tokens; ``"float"``: integer or float arrays, number tokens; ``"bool"``: ``b1`` arrays or the
+        tokens ``0`` / ``1``. Anything else (a bool array for an integer, a float for an integer, a
+        quoted string for a number) is refused with an ``INPUT`` error naming the parameter.
+        """
         value = self._get(key)
         if isinstance(value, np.ndarray):
+            if kind is not None and value.dtype.kind not in _ARRAY_KINDS[kind]:
+                raise self._refuse(key, value, _KIND_TEXT[kind])
             return value
-        if scalar_ok and isinstance(value, str):
-            if _INT_RE.fullmatch(value):
+        if scalar_ok and isinstance(value, str) and not isinstance(value, Quoted):
+            if kind == "bool":
+                if value in ("0", "1"):
+                    return value == "1"
+            elif _INT_RE.fullmatch(value):
                 return int(value)
-            try:
+            elif kind != "int" and _FLOAT_RE.fullmatch(value):
                 return float(value)
-            except ValueError:
-                pass
-        raise BoardProtocolError(f"{self.verb}: {key}={value!r} must be an array", rid=self.rid)
+        if kind is None:
+            raise BoardProtocolError(f"{self.verb}: {key}={value!r} must be an array", rid=self.rid, code="INPUT")
+        what = _KIND_TEXT[kind] if kind is not None else "an array or a number"
+        if not scalar_ok:
+            what = f"an array of {what.removeprefix('an ').removeprefix('a ')}s"
+        raise self._refuse(key, value, what)
+
+
+_KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "a boolean (0/1 or a b1 array)"}
 
 
 # ---------------------------------------------------------------------- encoding
@@ -260,9 +304,12 @@ def parse_line(line: bytes) -> tuple[Message, list[tuple[str, ArraySpec]]]:
             raise BoardProtocolError(f"parameter {key!r} given twice", rid=rid, fatal=announces_blocks)
         if raw.startswith('"'):
             try:
-                msg.params[key] = json.loads(raw)
+                text = json.loads(raw)
             except ValueError:
                 raise BoardProtocolError(f"{key}: bad string literal", rid=rid, fatal=announces_blocks) from None
+            if not isinstance(text, str):
+                raise BoardProtocolError(f"{key}: bad string literal", rid=rid, fatal=announces_blocks)
+            msg.params[key] = Quoted(text)
         elif raw.startswith("@"):
             am = _ARRAY_RE.fullmatch(raw)
             if am is None or am.group(1) not in DTYPES or (am.group(2) and am.group(2) not in DTYPES):
@@ -320,26 +367,51 @@ def decode_block(
     return arr.copy() if copy or (writable and not arr.flags.writeable) else arr
 
 
+class IdleTimeoutError(BoardProtocolError):
+    """No message began on a connection within the idle timeout (the connection is closed)."""
+
+
+#: ``admit(msg, arrays)``: called once a line is parsed, before any block is read (see :func:`read_message`).
+Admit = Callable[["Message", list[tuple[str, ArraySpec]]], Awaitable[None]]
+#: Blocks of refused requests are read and dropped in pieces of this size (bytes).
+_DISCARD_BYTES = 1 << 20
+
+
 async def read_message(
     reader: asyncio.StreamReader,
     *,
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
     part_timeout_s: float | None = 30.0,
+    idle_timeout_s: float | None = None,
+    line_timeout_s: float | None = None,
+    admit: Admit | None = None,
 ) -> Message | None:
     """Read one message from ``reader``; None at a clean end of stream.
 
-    The line is awaited without a time limit (an idle connection is fine); once it has arrived
-    every further part must arrive within ``part_timeout_s``. Raises :class:`BoardProtocolError`
-    (fatal ones mean: reply, then close the connection), also when the rest of a message is late.
+    Timeouts (s, None: no limit): ``idle_timeout_s`` for the first byte of a message
+    (:class:`IdleTimeoutError`), ``line_timeout_s`` for the rest of its command line once the first
+    byte has arrived, ``part_timeout_s`` for each further part (block header, block, final LF).
+    ``admit(msg, arrays)`` runs after the line is parsed and before any block is read, so that a
+    request can be refused from its declared array sizes before memory is spent on it; when it
+    raises a non-fatal :class:`BoardProtocolError`, the announced blocks are read and dropped
+    (never held in memory) and the error is raised, so the connection stays usable. Raises
+    :class:`BoardProtocolError` (fatal ones mean: reply, then close the connection).
     """
     try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise BoardProtocolError("connection closed in the middle of a command line", fatal=True) from None
+        first = await asyncio.wait_for(reader.read(1), idle_timeout_s)
+    except TimeoutError:
+        raise IdleTimeoutError(f"no request for {idle_timeout_s:g} s; closing the idle connection", fatal=True) from None
+    if not first:
         return None
+    try:
+        line = first if first == b"\n" else first + await asyncio.wait_for(reader.readuntil(b"\n"), line_timeout_s)
+    except asyncio.IncompleteReadError:
+        raise BoardProtocolError("connection closed in the middle of a command line", fatal=True) from None
     except asyncio.LimitOverrunError:
         raise BoardProtocolError(f"command line longer than {MAX_LINE_BYTES} bytes", fatal=True) from None
+    except TimeoutError:
+        raise BoardProtocolError(
+            f"command line incomplete after {line_timeout_s:g} s; closing the connection", fatal=True) from None
     if line.strip() == b"*IDN?":
         return Message("*IDN?", "-")
     msg, arrays = parse_line(line)
@@ -361,6 +433,16 @@ async def read_message(
             raise BoardProtocolError(
                 f"{key}: array of {spec.nbytes} bytes exceeds the server limit of {max_block_bytes} bytes; "
                 "split the request", rid=msg.rid, fatal=True)
+    refused: BoardProtocolError | None = None
+    if admit is not None:
+        try:
+            await admit(msg, arrays)
+        except BoardProtocolError as exc:
+            exc.rid = msg.rid
+            if exc.fatal or not arrays:
+                raise
+            refused = exc
+    for key, spec in arrays:
         try:
             n_digits, _ = parse_block_header(await exactly(2))
             digits = await exactly(n_digits)
@@ -374,6 +456,10 @@ async def read_message(
             raise BoardProtocolError(
                 f"{key}: block holds {nbytes} bytes but @{spec.wire}{list(spec.shape)} needs {spec.nbytes}",
                 rid=msg.rid, fatal=True)
+        if refused is not None:
+            for start in range(0, nbytes, _DISCARD_BYTES):
+                await exactly(min(_DISCARD_BYTES, nbytes - start))
+            continue
         try:
             msg.params[key] = decode_block(spec, await exactly(nbytes))
         except BoardProtocolError as exc:
@@ -381,7 +467,98 @@ async def read_message(
             raise
     if arrays and await exactly(1) != b"\n":
         raise BoardProtocolError("missing '\\n' after the last block", rid=msg.rid, fatal=True)
+    if refused is not None:
+        raise refused
     return msg
+
+
+# ---------------------------------------------------------------------- request identity and authentication
+def request_digest(msg: Message) -> bytes:
+    """SHA-256 of a request's verb and parameters (arrays by logical dtype, shape and values).
+
+    The board keeps it with the reply of a request id, so a reused id carrying a different request
+    is refused instead of being answered with another request's reply. The digest does not depend on
+    how a sender narrowed its arrays, only on their values.
+    """
+    h = hashlib.sha256(msg.verb.encode("ascii") + b"\0")
+    for key in sorted(msg.params):
+        value = msg.params[key]
+        h.update(key.encode("ascii") + b"=")
+        if isinstance(value, np.ndarray):
+            arr = np.ascontiguousarray(value)
+            h.update(f"@{array_code(arr.dtype)}{list(arr.shape)}".encode())
+            h.update(memoryview(arr.reshape(-1)).cast("B"))
+        elif isinstance(value, Quoted):
+            h.update(b'"' + str(value).encode("utf-8", "backslashreplace") + b'"')
+        else:
+            h.update(str(value).encode("ascii", "backslashreplace"))
+        h.update(b"\0")
+    return h.digest()
+
+
+_CALL_KEY_RE = re.compile(r"(.+):([0-9]{1,18})")
+
+
+def rid_for_call_key(key: str) -> str:
+    """The request id of the chip call ``key`` (``"<run_id>:<journal index>"``, see ``hil.Chip.begin_call``).
+
+    ``k`` + 24 hex digits of a hash of the run id + ``-`` + the index, e.g. ``k1f0c...9a-42``: the same
+    key always gives the same id (a call re-sent after a crash is answered from the board's
+    memory), different runs or indices give different ids, and no id of a client session
+    (``<8 hex>-<n>``) looks like one. Other keys hash whole.
+    """
+    m = _CALL_KEY_RE.fullmatch(key)
+    if m is None:
+        return "k" + hashlib.blake2b(key.encode("utf-8", "backslashreplace"), digest_size=16).hexdigest()
+    run = hashlib.blake2b(m.group(1).encode("utf-8", "backslashreplace"), digest_size=12).hexdigest()
+    return f"k{run}-{int(m.group(2))}"
+
+
+#: Authentication scheme of the board's token handshake (docs/board-protocol.md, "Authentication").
+AUTH_SCHEME = "hmac-sha256"
+#: Shortest token a board accepts (characters).
+MIN_TOKEN_CHARS = 16
+
+
+#: Environment variable holding the board token (client and ``hil emulate``) when no token file is given.
+TOKEN_ENV = "HIL_BOARD_TOKEN"
+
+
+def read_token(path: str | os.PathLike[str] | None = None) -> bytes | None:
+    """The board's shared secret: from the file ``path``, else from ``$HIL_BOARD_TOKEN``, else None.
+
+    The token is one line of at least 16 printable characters without spaces (surrounding
+    whitespace is ignored), e.g. ``python -c "import secrets; print(secrets.token_hex(32))" > board.token``.
+    Errors and log lines name the file or the variable, never the token. A token file that others
+    can read is accepted with a warning (``chmod 600`` it).
+    """
+    if path is not None:
+        where = f"token file {os.fspath(path)}"
+        try:
+            text = open(path, encoding="ascii").read(4096)  # noqa: SIM115 - one bounded read
+            mode = os.stat(path).st_mode
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the {where}: {type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
+        if os.name == "posix" and mode & 0o077:
+            log.warning("the %s can be read by other users; restrict it with chmod 600", where)
+    else:
+        where = f"${TOKEN_ENV}"
+        text = os.environ.get(TOKEN_ENV, "")
+        if not text.strip():
+            return None
+    token = text.strip()
+    if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"the {where} holds no usable board token: it must be one line of at least {MIN_TOKEN_CHARS} printable "
+            "characters without spaces (e.g. the output of python -c \"import secrets; print(secrets.token_hex(32))\")."
+        )
+    return token.encode("ascii")
+
+
+def auth_mac(token: bytes, role: Literal["client", "board"], challenge: str, nonce: str) -> str:
+    """HMAC-SHA256 proof that ``role`` knows ``token``, over the board's challenge and the client's nonce (hex)."""
+    text = f"hil-board-auth-{PROTOCOL_VERSION} {role} {challenge} {nonce}".encode("ascii")
+    return hmac.new(token, text, hashlib.sha256).hexdigest()
 
 
 def error_reply(rid: str, code: str, message: str) -> list[bytes]:

@@ -34,8 +34,9 @@ from hil.runs.columns import StreamSpec, prepare_rows
 ProtocolFn = Callable[..., dict[str, Any]]
 #: ``plots(run_file_path, out_dir) -> list[Path]``: a protocol's own figures for ``hil report``.
 PlotFn = Callable[..., list[Any]]
-#: ``check(config, geometry) -> None``: a protocol's input check; raises ``ConfigError``,
-#: ``ChipInputError`` or ``ValueError`` naming the bad value (no chip calls, no side effects).
+#: ``check(config, geometry[, inputs]) -> None``: a protocol's input check (``inputs``: the run's
+#: input arrays); raises ``ConfigError``, ``ChipInputError`` or ``ValueError`` naming the bad value
+#: (no chip calls, no side effects).
 CheckFn = Callable[..., None]
 #: ``inputs(config) -> {name: array or (array, source)}``: the data a run consumes (weight matrices,
 #: sample inputs), loaded before the run starts and stored in its run file.

@@ -16,6 +16,7 @@ live; :func:`replay_run` re-runs a recorded run against its own journal. How a r
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import platform
 import secrets
@@ -397,12 +398,16 @@ def _start_document(
     )
 
 
-def _check_inputs(spec: ProtocolSpec, config: BaseModel, chip: Chip) -> None:
+def _check_inputs(spec: ProtocolSpec, config: BaseModel, chip: Chip, inputs: Mapping[str, Any]) -> None:
     """The protocol's own check of its config and data against the chip, before any file or pulse."""
     if spec.check is None:
         return
+    takes_inputs = len(inspect.signature(spec.check).parameters) >= 3
     try:
-        spec.check(config, chip.geometry)
+        if takes_inputs:
+            spec.check(config, chip.geometry, freeze_inputs(inputs))
+        else:
+            spec.check(config, chip.geometry)
     except (ConfigError, ChipInputError):
         raise
     except (ValueError, OSError) as exc:
@@ -489,8 +494,8 @@ def run_protocol(
         cfg = resolve_config(spec, base=config, config_file=config_file, sets=sets)
     seed = 0 if seed is None else seed
     try:
-        _check_inputs(spec, cfg, chip_obj)
         inputs = load_inputs(spec, cfg, chip_obj.reader if isinstance(chip_obj, ReplayChip) else None)
+        _check_inputs(spec, cfg, chip_obj, inputs)
         out_dir = Path(opts.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         run_id = opts.run_id or new_run_id(spec.name)

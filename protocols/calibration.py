@@ -40,6 +40,7 @@ from protocols.gdp import GdpParams, gradient_descent_program
 from protocols.mapping import COUNTS_PER_US, WeightSpec, bitline_currents_ua
 from protocols.metrics import MvmErrors, chip_mvm, mvm_errors, random_inputs
 from protocols.program_verify import ProgramVerifyParams, log_cells, prepare_targets, program_verify
+from protocols.program_verify import inputs as weight_inputs
 
 #: Largest LDPU register magnitude (FP16).
 FP16_MAX = 65504.0
@@ -257,7 +258,7 @@ def plots(run_file: Any, out_dir: Any) -> list[Any]:
     return calibration_plots(run_file, out_dir)
 
 
-@register_protocol("calibration", CalibrationConfig, plots=plots, deterministic=True)
+@register_protocol("calibration", CalibrationConfig, plots=plots, deterministic=True, inputs=weight_inputs)
 def calibration_protocol(chip: Chip, config: CalibrationConfig, run: RunLog) -> dict[str, Any]:
     """Per-column LDPU affine calibration and global drift compensation of programmed cores."""
     times = np.asarray(config.drift_times_s, dtype=float)

@@ -59,6 +59,7 @@ start (from P&V) has the cells pulsed since its best measured state RESET and re
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -81,6 +82,7 @@ from protocols.program_verify import (
     program_verify,
 )
 from protocols.program_verify import check_params as check_pv_params
+from protocols.program_verify import inputs as pv_inputs
 
 
 class GdpParams(BaseModel):
@@ -398,7 +400,7 @@ class GdpConfig(GdpParams):
     eval_inputs: int = Field(1024, ge=0, le=65536, description="random MVMs for the error metrics (0: skip)")
 
 
-def check_inputs(config: GdpConfig, geometry: Geometry) -> None:
+def check_inputs(config: GdpConfig, geometry: Geometry, inputs: Mapping[str, Any] | None = None) -> None:
     """Every check of a ``gdp`` config against a chip's geometry, with no chip call.
 
     Raises :class:`ChipInputError` (a ``ValueError``) naming the value, the allowed range and the
@@ -412,7 +414,7 @@ def check_inputs(config: GdpConfig, geometry: Geometry) -> None:
                              "supports 1 only (one programming device per polarity, the other is GDP's spare).")
     check_params(config, geometry)
     check_pv_params(config.program_verify, geometry)
-    resolve_cores(config.cores, config.weights, geometry)
+    resolve_cores(config.cores, config.weights, geometry, (inputs or {}).get("weights"))
 
 
 def plots(run_file: Any, out_dir: Any) -> list[Any]:
@@ -422,10 +424,10 @@ def plots(run_file: Any, out_dir: Any) -> list[Any]:
     return programming_plots(run_file, out_dir)
 
 
-@register_protocol("gdp", GdpConfig, plots=plots, deterministic=True)
+@register_protocol("gdp", GdpConfig, plots=plots, deterministic=True, check=check_inputs, inputs=pv_inputs)
 def gdp_protocol(chip: Chip, config: GdpConfig, run: RunLog) -> dict[str, Any]:
     """Gradient-descent programming of target weights (reconstruction), with MVM error metrics."""
-    check_inputs(config, chip.geometry)
+    check_inputs(config, chip.geometry, run.inputs)
     m = map_targets(chip, config, run, 1, config.program_verify.margin_counts)
     cores, targets, gmax = m.cores, m.targets, m.gmax
     out: dict[str, Any] = {"cores": cores.tolist(), "gmax_counts": gmax.tolist(), "start": config.start,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -314,11 +314,36 @@ def load_weight_file(path: str | Path, dataset: str | None = None) -> np.ndarray
     return check_weights(arr, name=f"weights in {p.name}")
 
 
-def weight_tiles(spec: WeightSpec, geometry: Geometry, n_cores: int, rng: np.random.Generator) -> np.ndarray:
-    """Weights for ``n_cores`` cores as padded tiles (n_cores, rows, cols) (zeros on unused cores)."""
+def weight_inputs(spec: WeightSpec) -> dict[str, Any]:
+    """The run inputs of a weight source: ``{"weights": (matrix, absolute path)}`` for a file, else none.
+
+    Protocols register this (``inputs=``) so the matrix is loaded before the run starts (a missing
+    or bad file is bad input: exit 2, no run file) and stored in the run file with its sha256;
+    replays and resumes then use the stored copy, from any folder.
+    """
+    if spec.kind != "file":
+        return {}
+    source = str(Path(spec.path or "").expanduser().resolve())
+    return {"weights": (load_weight_file(spec.path or "", spec.dataset), source)}
+
+
+def _matrix(spec: WeightSpec, matrix: np.ndarray | None) -> np.ndarray:
+    """The file weights: the stored run input when there is one, else loaded from the file."""
+    if matrix is not None:
+        return check_weights(np.asarray(matrix, dtype=np.float64), name="the run's stored weights")
+    return load_weight_file(spec.path or "", spec.dataset)
+
+
+def weight_tiles(
+    spec: WeightSpec, geometry: Geometry, n_cores: int, rng: np.random.Generator, matrix: np.ndarray | None = None
+) -> np.ndarray:
+    """Weights for ``n_cores`` cores as padded tiles (n_cores, rows, cols) (zeros on unused cores).
+
+    ``matrix``: the file weights already loaded (the run's stored input); None loads ``spec.path``.
+    """
     shape = (geometry.n_rows, geometry.n_cols)
     if spec.kind == "file":
-        tiles, layout = split_tiles(load_weight_file(spec.path or "", spec.dataset), shape)
+        tiles, layout = split_tiles(_matrix(spec, matrix), shape)
         if layout.n_tiles > n_cores:
             raise ChipInputError(
                 f"the weight matrix {layout.shape} needs {layout.n_tiles} cores of {shape}; only {n_cores} "
@@ -351,7 +376,9 @@ def select_cores(cores: list[int] | None, geometry: Geometry) -> np.ndarray:
     return arr
 
 
-def resolve_cores(cores: list[int] | None, spec: WeightSpec, geometry: Geometry) -> np.ndarray:
+def resolve_cores(
+    cores: list[int] | None, spec: WeightSpec, geometry: Geometry, matrix: np.ndarray | None = None
+) -> np.ndarray:
     """Cores a protocol programs, checked before any chip call (loads and checks a weight file).
 
     Random weights: :func:`select_cores` (null: all cores). File weights: null selects the first
@@ -361,7 +388,7 @@ def resolve_cores(cores: list[int] | None, spec: WeightSpec, geometry: Geometry)
     """
     if spec.kind != "file":
         return select_cores(cores, geometry)
-    w = load_weight_file(spec.path or "", spec.dataset)
+    w = _matrix(spec, matrix)
     shape = (geometry.n_rows, geometry.n_cols)
     tiles, layout = split_tiles(w, shape)
     need = layout.n_tiles

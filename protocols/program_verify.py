@@ -26,6 +26,7 @@ time is that of the parallel hardware (32 write heads and 256 ADCs per core).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ from protocols.mapping import (
     map_weights,
     resolve_cores,
     select_cores,
+    weight_inputs,
     weight_tiles,
 )
 from protocols.metrics import measure_mvm_errors
@@ -300,16 +302,22 @@ class ProgramVerifyConfig(ProgramVerifyParams):
     eval_inputs: int = Field(1024, ge=0, le=65536, description="random MVMs for the error metrics (0: skip)")
 
 
-def check_inputs(config: ProgramVerifyConfig, geometry: Geometry) -> None:
+def check_inputs(config: ProgramVerifyConfig, geometry: Geometry, inputs: Mapping[str, Any] | None = None) -> None:
     """Every check of a ``program-verify`` config against a chip's geometry, with no chip call.
 
     Raises :class:`ChipInputError` (a ``ValueError``) naming the value, the allowed range and the
     fix: inconsistent currents, more devices per weight than the unit cell has, cores out of range or
     repeated, a missing / non-numeric / non-finite / non-2-D weight file, a matrix that needs more
-    cores than selected or fills fewer, an all-zero tile.
+    cores than selected or fills fewer, an all-zero tile. ``inputs``: the run's inputs (a stored
+    weight matrix is checked instead of the file).
     """
     check_params(config, geometry)
-    resolve_cores(config.cores, config.weights, geometry)
+    resolve_cores(config.cores, config.weights, geometry, (inputs or {}).get("weights"))
+
+
+def inputs(config: Any) -> dict[str, Any]:
+    """The run inputs of a config with ``weights``: the weight matrix of a file source (stored in the run)."""
+    return weight_inputs(config.weights)
 
 
 def check_params(params: ProgramVerifyParams, geometry: Geometry) -> None:
@@ -345,9 +353,10 @@ def map_targets(chip: Chip, cfg: Any, run: RunLog, devices_per_weight: int = 1, 
     max |W| per core), ``gmax_counts`` (None: 80 counts per device of a polarity) and
     ``bitline_limit_ua`` (lowers a core's Gmax so that no bit-line current can exceed it)."""
     g = chip.geometry
-    cores = resolve_cores(cfg.cores, cfg.weights, g)
+    matrix = run.inputs.get("weights")
+    cores = resolve_cores(cfg.cores, cfg.weights, g, matrix)
     spec = getattr(cfg, "mapping", None) or MappingSpec()
-    w = weight_tiles(cfg.weights, g, cores.size, run.rng("weights"))
+    w = weight_tiles(cfg.weights, g, cores.size, run.rng("weights"), matrix)
     gmax = np.full(cores.size, float(cfg.gmax_counts or GMAX_ODP_COUNTS * devices_per_weight))
     targets, wmax = map_weights(w, gmax, spec)
     if cfg.bitline_limit_ua is not None:
@@ -377,10 +386,11 @@ def plots(run_file: Any, out_dir: Any) -> list[Any]:
     return programming_plots(run_file, out_dir)
 
 
-@register_protocol("program-verify", ProgramVerifyConfig, plots=plots, deterministic=True)
+@register_protocol("program-verify", ProgramVerifyConfig, plots=plots, deterministic=True, check=check_inputs,
+                   inputs=inputs)
 def program_verify_protocol(chip: Chip, config: ProgramVerifyConfig, run: RunLog) -> dict[str, Any]:
     """Iterative program-and-verify of target weights (HERMES), with MVM error metrics."""
-    check_inputs(config, chip.geometry)
+    check_inputs(config, chip.geometry, run.inputs)
     m = map_targets(chip, config, run, config.devices_per_weight, config.margin_counts)
     cores, targets, gmax = m.cores, m.targets, m.gmax
     params = ProgramVerifyParams(**{k: getattr(config, k) for k in ProgramVerifyParams.model_fields})

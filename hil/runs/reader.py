@@ -63,6 +63,43 @@ def _open_h5(path: Path) -> h5py.File:
     raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {errors[0]}")
 
 
+#: Most links a run file may hold (a run has a few hundred; the bound keeps a crafted file's walk short).
+MAX_LINKS = 100_000
+
+
+def check_structure(f: h5py.File, path: Path) -> None:
+    """Refuse anything that would make a reader look outside the file: external links, soft links,
+    external storage and virtual datasets (hil writes none of them), and more links than a run holds."""
+    problems: list[str] = []
+    count = 0
+
+    def visit(name: str, link: Any) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_LINKS:
+            problems.append(f"more than {MAX_LINKS} objects")
+            return True
+        if isinstance(link, h5py.ExternalLink):
+            problems.append(f"an external link /{name} -> {link.filename}:{link.path}")
+        elif isinstance(link, h5py.SoftLink):
+            problems.append(f"a soft link /{name} -> {link.path}")
+        else:
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    problems.append(f"a virtual dataset /{name}")
+                elif obj.external:
+                    problems.append(f"a dataset /{name} stored in external file(s) {[e[0] for e in obj.external][:3]}")
+        return True if problems else None
+
+    f.visititems_links(visit)
+    if problems:
+        raise RunFileError(
+            f"{path} holds {problems[0]} that points outside the file; hil reads nothing outside a run file "
+            "(it was crafted, or written by another tool)."
+        )
+
+
 def _superblock(path: Path) -> tuple[int | None, int]:
     """(end-of-file address, status flags) of a version 2/3 superblock at offset 0; (None, 0) otherwise."""
     with open(path, "rb") as fh:
@@ -218,6 +255,14 @@ class RunReader:
                 f"{self.path} uses run-file layout version {version}; this hil reads versions up to "
                 f"{LAYOUT_VERSION}. Upgrade hil to read it."
             )
+        try:
+            check_structure(self._f, self.path)
+        except RunFileError:
+            self._f.close()
+            raise
+        except _H5_ERRORS as exc:
+            self._f.close()
+            raise RunFileError(f"{self.path} is damaged (truncated or corrupted): its structure cannot be read ({exc}).") from exc
         self._journal: Journal | None = None
         self._start: RunStart | None = None
 
