@@ -82,6 +82,8 @@ class BoardProtocolError(ValueError):
         self.rid = rid
         self.fatal = fatal
         self.code = code
+        #: Blocks still on the wire after a request refused from its line (see :func:`skip_blocks`).
+        self.skip: list[tuple[str, ArraySpec]] = []
 
 
 class Quoted(str):
@@ -161,7 +163,7 @@ class Message:
         value = self._get(key)
         if isinstance(value, np.ndarray):
             if kind is not None and value.dtype.kind not in _ARRAY_KINDS[kind]:
-                raise self._refuse(key, value, _KIND_TEXT[kind])
+                raise self._refuse(key, value, f"an array of {_KIND_PLURAL[kind]}")
             return value
         if scalar_ok and isinstance(value, str) and not isinstance(value, Quoted):
             if kind == "bool":
@@ -173,13 +175,11 @@ class Message:
                 return float(value)
         if kind is None:
             raise BoardProtocolError(f"{self.verb}: {key}={value!r} must be an array", rid=self.rid, code="INPUT")
-        what = _KIND_TEXT[kind] if kind is not None else "an array or a number"
-        if not scalar_ok:
-            what = f"an array of {what.removeprefix('an ').removeprefix('a ')}s"
-        raise self._refuse(key, value, what)
+        raise self._refuse(key, value, _KIND_TEXT[kind] if scalar_ok else f"an array of {_KIND_PLURAL[kind]}")
 
 
 _KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "a boolean (0/1 or a b1 array)"}
+_KIND_PLURAL = {"int": "integers", "float": "numbers", "bool": "booleans (b1)"}
 
 
 # ---------------------------------------------------------------------- encoding
@@ -393,8 +393,9 @@ async def read_message(
     byte has arrived, ``part_timeout_s`` for each further part (block header, block, final LF).
     ``admit(msg, arrays)`` runs after the line is parsed and before any block is read, so that a
     request can be refused from its declared array sizes before memory is spent on it; when it
-    raises a non-fatal :class:`BoardProtocolError`, the announced blocks are read and dropped
-    (never held in memory) and the error is raised, so the connection stays usable. Raises
+    raises a non-fatal :class:`BoardProtocolError`, it is raised at once with the announced arrays in
+    its ``skip``: the caller answers, then drops the blocks with :func:`skip_blocks` (never holding
+    them in memory), so the connection stays usable. Raises
     :class:`BoardProtocolError` (fatal ones mean: reply, then close the connection).
     """
     try:
@@ -416,60 +417,72 @@ async def read_message(
         return Message("*IDN?", "-")
     msg, arrays = parse_line(line)
 
-    async def exactly(n: int) -> bytes:
-        try:
-            return await asyncio.wait_for(reader.readexactly(n), part_timeout_s)
-        except asyncio.IncompleteReadError as exc:
-            raise BoardProtocolError(
-                f"connection closed in the middle of a message ({len(exc.partial)} of {n} bytes arrived)",
-                rid=msg.rid, fatal=True) from None
-        except TimeoutError:
-            raise BoardProtocolError(
-                f"message incomplete after {part_timeout_s} s (waiting for {n} more bytes); closing the connection",
-                rid=msg.rid, fatal=True) from None
-
     for key, spec in arrays:
         if spec.nbytes > max_block_bytes:
             raise BoardProtocolError(
                 f"{key}: array of {spec.nbytes} bytes exceeds the server limit of {max_block_bytes} bytes; "
                 "split the request", rid=msg.rid, fatal=True)
-    refused: BoardProtocolError | None = None
     if admit is not None:
         try:
             await admit(msg, arrays)
         except BoardProtocolError as exc:
             exc.rid = msg.rid
-            if exc.fatal or not arrays:
-                raise
-            refused = exc
+            if not exc.fatal and arrays:
+                exc.skip = arrays  # the caller answers at once, then drops the blocks (skip_blocks)
+            raise
     for key, spec in arrays:
+        nbytes = await _block_length(reader, key, spec, msg.rid, part_timeout_s)
         try:
-            n_digits, _ = parse_block_header(await exactly(2))
-            digits = await exactly(n_digits)
+            msg.params[key] = decode_block(spec, await _exactly(reader, nbytes, msg.rid, part_timeout_s))
         except BoardProtocolError as exc:
             exc.rid = msg.rid
             raise
-        if not digits.isdigit():
-            raise BoardProtocolError(f"{key}: block length {digits!r} is not decimal", rid=msg.rid, fatal=True)
-        nbytes = int(digits)
-        if nbytes != spec.nbytes:
-            raise BoardProtocolError(
-                f"{key}: block holds {nbytes} bytes but @{spec.wire}{list(spec.shape)} needs {spec.nbytes}",
-                rid=msg.rid, fatal=True)
-        if refused is not None:
-            for start in range(0, nbytes, _DISCARD_BYTES):
-                await exactly(min(_DISCARD_BYTES, nbytes - start))
-            continue
-        try:
-            msg.params[key] = decode_block(spec, await exactly(nbytes))
-        except BoardProtocolError as exc:
-            exc.rid = msg.rid
-            raise
-    if arrays and await exactly(1) != b"\n":
+    if arrays and await _exactly(reader, 1, msg.rid, part_timeout_s) != b"\n":
         raise BoardProtocolError("missing '\\n' after the last block", rid=msg.rid, fatal=True)
-    if refused is not None:
-        raise refused
     return msg
+
+
+async def skip_blocks(
+    reader: asyncio.StreamReader, arrays: list[tuple[str, ArraySpec]], rid: str, part_timeout_s: float | None = 30.0
+) -> None:
+    """Read and drop the announced blocks of a refused request (1 MiB at a time), so the connection stays usable."""
+    for key, spec in arrays:
+        nbytes = await _block_length(reader, key, spec, rid, part_timeout_s)
+        for start in range(0, nbytes, _DISCARD_BYTES):
+            await _exactly(reader, min(_DISCARD_BYTES, nbytes - start), rid, part_timeout_s)
+    if arrays and await _exactly(reader, 1, rid, part_timeout_s) != b"\n":
+        raise BoardProtocolError("missing '\\n' after the last block", rid=rid, fatal=True)
+
+
+async def _exactly(reader: asyncio.StreamReader, n: int, rid: str, part_timeout_s: float | None) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.readexactly(n), part_timeout_s)
+    except asyncio.IncompleteReadError as exc:
+        raise BoardProtocolError(
+            f"connection closed in the middle of a message ({len(exc.partial)} of {n} bytes arrived)",
+            rid=rid, fatal=True) from None
+    except TimeoutError:
+        raise BoardProtocolError(
+            f"message incomplete after {part_timeout_s} s (waiting for {n} more bytes); closing the connection",
+            rid=rid, fatal=True) from None
+
+
+async def _block_length(reader: asyncio.StreamReader, key: str, spec: ArraySpec, rid: str, part_timeout_s: float | None) -> int:
+    """Read a block header and check it against the array's declaration; the block's byte count."""
+    try:
+        n_digits, _ = parse_block_header(await _exactly(reader, 2, rid, part_timeout_s))
+    except BoardProtocolError as exc:
+        exc.rid = rid
+        raise
+    digits = await _exactly(reader, n_digits, rid, part_timeout_s)
+    if not digits.isdigit():
+        raise BoardProtocolError(f"{key}: block length {digits!r} is not decimal", rid=rid, fatal=True)
+    nbytes = int(digits)
+    if nbytes != spec.nbytes:
+        raise BoardProtocolError(
+            f"{key}: block holds {nbytes} bytes but @{spec.wire}{list(spec.shape)} needs {spec.nbytes}",
+            rid=rid, fatal=True)
+    return nbytes
 
 
 # ---------------------------------------------------------------------- request identity and authentication

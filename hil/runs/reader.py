@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,56 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
 
+#: Largest read of one dataset (bytes); a run file's datasets are read whole only below it.
+MAX_READ_BYTES = 2 * 2**30
+#: Most logical bytes per stored byte a dataset may claim: deflate's limit is about 1032.
+MAX_EXPANSION = 1100
+#: How long to look again at a file that fails to open while its writer is alive (s).
+BUSY_RETRY_S = 1.0
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & 0xFFFFFFFF
+
+
+def lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle``: the checksum of HDF5 metadata (superblock v2/3)."""
+    m = 0xFFFFFFFF
+    n, i = len(data), 0
+    a = b = c = (0xDEADBEEF + n + initval) & m
+    while n > 12:
+        a = (a + int.from_bytes(data[i : i + 4], "little")) & m
+        b = (b + int.from_bytes(data[i + 4 : i + 8], "little")) & m
+        c = (c + int.from_bytes(data[i + 8 : i + 12], "little")) & m
+        a = ((a - c) & m) ^ _rot(c, 4)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ _rot(a, 6)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ _rot(b, 8)
+        b = (b + a) & m
+        a = ((a - c) & m) ^ _rot(c, 16)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ _rot(a, 19)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ _rot(b, 4)
+        b = (b + a) & m
+        n, i = n - 12, i + 12
+    if n == 0:
+        return c
+    tail = data[i:] + b"\0" * (12 - n)
+    a = (a + int.from_bytes(tail[0:4], "little")) & m
+    b = (b + int.from_bytes(tail[4:8], "little")) & m
+    c = (c + int.from_bytes(tail[8:12], "little")) & m
+    c = ((c ^ b) - _rot(b, 14)) & m
+    a = ((a ^ c) - _rot(c, 11)) & m
+    b = ((b ^ a) - _rot(a, 25)) & m
+    c = ((c ^ b) - _rot(b, 16)) & m
+    a = ((a ^ c) - _rot(c, 4)) & m
+    b = ((b ^ a) - _rot(a, 14)) & m
+    c = ((c ^ b) - _rot(b, 24)) & m
+    return c
+
+
 def _open_h5(path: Path) -> h5py.File:
     if not path.exists():
         raise RunFileError(f"{path}: no such file. Give the path of a .h5 run file (see `hil ls`).")
@@ -47,20 +98,67 @@ def _open_h5(path: Path) -> h5py.File:
         raise RunFileError(f"cannot read {path}: {exc}") from exc
     if not signed:
         raise RunFileError(f"{path} is not an HDF5 file (no HDF5 signature), so it is not a hil run file.")
-    eof, flags = _superblock(path)
-    size = path.stat().st_size
-    if eof is not None and size < eof and not flags:
-        raise RunFileError(f"{path} is damaged (truncated or corrupted): {size} bytes on disk, its superblock says {eof}.")
     # A file marked open for (SWMR) writing is being written, or its writer died inside a write:
-    # read it in SWMR mode. Any other file in plain mode, which fails fast on a damaged checksum
-    # (SWMR readers retry checksum failures with backoff, as a concurrent write may cause them).
-    errors = []
-    for kwargs in ({"swmr": True}, {}) if flags else ({}, {"swmr": True}):
+    # read it in SWMR mode. Any other file in plain mode, which fails fast on a damaged checksum.
+    # SWMR readers retry checksum failures for minutes (a concurrent write may cause them), so a
+    # file only gets one once its superblock checksum is right. While the writer is inside a
+    # write, a plain open may fail on metadata in flux: look again for up to BUSY_RETRY_S.
+    deadline = time.monotonic() + BUSY_RETRY_S
+    while True:
+        eof, flags, valid = _superblock(path)
+        size = path.stat().st_size
+        if eof is not None and not valid:
+            raise RunFileError(f"{path} is damaged (corrupted): its superblock checksum is wrong.")
+        if eof is not None and size < eof and not flags:
+            raise RunFileError(f"{path} is damaged (truncated or corrupted): {size} bytes on disk, its superblock says {eof}.")
         try:
-            return h5py.File(path, "r", locking=False, **kwargs)
+            return h5py.File(path, "r", locking=False, swmr=bool(flags))
         except _H5_ERRORS as exc:
-            errors.append(str(exc))
-    raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {errors[0]}")
+            error = str(exc)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {error}")
+
+
+def read_dataset(ds: Any, path: Path, where: str, stop: int | None = None) -> np.ndarray:
+    """``ds[:stop]`` after checking it is a dataset and that the read is bounded by what the file holds.
+
+    A crafted file can declare a shape of 10**9 rows with no data behind it (HDF5 then returns fill
+    values), so a read must not cost more than the bytes actually stored allow.
+    """
+    if not isinstance(ds, h5py.Dataset):
+        raise RunFileError(f"{path}: {where} is a {type(ds).__name__}, not a dataset (damaged or crafted file).")
+    rows = ds.shape[0] if ds.ndim else 1
+    n = rows if stop is None else max(0, min(rows, stop))
+    per_row = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)) if ds.ndim else ds.dtype.itemsize
+    want = n * per_row
+    stored = ds.id.get_storage_size()
+    if want > MAX_READ_BYTES or want > MAX_EXPANSION * stored + (1 << 20):
+        raise RunFileError(
+            f"{path}: {where} declares {want} bytes but the file stores {stored} for it; the file is damaged or crafted."
+        )
+    try:
+        return ds[:n] if ds.ndim else np.asarray(ds[()])
+    except _H5_ERRORS as exc:
+        raise RunFileError(f"{path}: {where} cannot be read (corrupted?): {exc}") from exc
+
+
+def typed(ds: Any, dtype: np.dtype, path: Path, where: str, stop: int | None = None) -> np.ndarray:
+    """:func:`read_dataset` of a 1-D dataset that must hold ``dtype`` (same field names and kinds)."""
+    if isinstance(ds, h5py.Dataset) and (ds.ndim != 1 or not _same_layout(ds.dtype, dtype)):
+        raise RunFileError(
+            f"{path}: {where} has dtype {ds.dtype} and shape {ds.shape}; expected 1-D {dtype} (damaged or crafted)."
+        )
+    return read_dataset(ds, path, where, stop)
+
+
+def _same_layout(have: np.dtype, want: np.dtype) -> bool:
+    if want.names is None:
+        return have.names is None and have.kind == want.kind and have.itemsize == want.itemsize
+    if have.names != want.names:
+        return False
+    return all(_same_layout(have.fields[n][0], want.fields[n][0]) for n in want.names)
 
 
 #: Most links a run file may hold (a run has a few hundred; the bound keeps a crafted file's walk short).
@@ -100,14 +198,18 @@ def check_structure(f: h5py.File, path: Path) -> None:
         )
 
 
-def _superblock(path: Path) -> tuple[int | None, int]:
-    """(end-of-file address, status flags) of a version 2/3 superblock at offset 0; (None, 0) otherwise."""
+def _superblock(path: Path) -> tuple[int | None, int, bool]:
+    """(end-of-file address, status flags, checksum valid) of a v2/3 superblock at offset 0.
+
+    (None, 0, True) for other superblocks (hil writes version 3).
+    """
     with open(path, "rb") as fh:
         sb = fh.read(48)
     if len(sb) < 48 or sb[:8] != _HDF5_SIGNATURE or sb[8] not in (2, 3) or sb[9] != 8:
-        return None, 0
+        return None, 0, True
     base = int.from_bytes(sb[12:20], "little")
-    return base + int.from_bytes(sb[28:36], "little"), sb[11] & 0x05  # bit 0: write, bit 2: SWMR write
+    valid = lookup3(sb[:44]) == int.from_bytes(sb[44:48], "little")
+    return base + int.from_bytes(sb[28:36], "little"), sb[11] & 0x05, valid  # bit 0: write, bit 2: SWMR write
 
 
 @dataclass(frozen=True)
@@ -132,24 +234,40 @@ class Journal:
     def __init__(self, f: h5py.File, path: Path) -> None:
         self._path = path
         g = f.get("journal")
-        calls = g["calls"][:] if g is not None and "calls" in g else np.zeros(0, dtype=CALL_DTYPE)
+        if g is not None and not isinstance(g, h5py.Group):
+            raise RunFileError(f"{path}: /journal is not a group (damaged or crafted file).")
+        calls = np.zeros(0, CALL_DTYPE)
+        if g is not None and "calls" in g:
+            calls = typed(g["calls"], CALL_DTYPE, path, "/journal/calls")
+        known = np.isin(calls["op"], list(OP_NAMES))
+        limit = int(np.argmin(known)) if not known.all() else calls.shape[0]  # an unknown op code ends the journal
         self._ops: dict[str, tuple[np.ndarray, dict[str, tuple[np.ndarray, Any]]]] = {}
-        limit = calls.shape[0]
         for op_name, spec in OPS.items():
             schema = spec.encoding
             if g is None or op_name not in g:
                 continue
             og = g[op_name]
-            call = og["call"][:] if "call" in og else np.zeros(0, dtype=schema.call)
+            if not isinstance(og, h5py.Group):
+                raise RunFileError(f"{path}: /journal/{op_name} is not a group (damaged or crafted file).")
+            call = np.zeros(0, schema.call)
+            if "call" in og:
+                call = typed(og["call"], schema.call, path, f"/journal/{op_name}/call")
             n_rows = call.shape[0]
             tables: dict[str, tuple[np.ndarray, Any]] = {}
+            table_dtypes = dict(schema.tables)
             for name, length in schema.lengths(call).items():
-                offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
                 ds = og.get(name)
+                want = table_dtypes[name]
+                if ds is not None and not (isinstance(ds, h5py.Dataset) and ds.ndim == 1 and _same_layout(ds.dtype, want)):
+                    raise RunFileError(f"{path}: /journal/{op_name}/{name} is not a 1-D {want} table (damaged or crafted).")
                 size = 0 if ds is None else ds.shape[0]
-                # Calls whose elements did not reach the file before a kill are cut off.
-                n_rows = min(n_rows, int(np.searchsorted(offsets, size, side="right")) - 1)
-                data = ds[:] if ds is not None and ds.size * ds.dtype.itemsize <= self.CACHE_BYTES else ds
+                # Element counts in float: a crafted call row can make their sum overflow int64.
+                ends = np.cumsum(np.asarray(length, dtype=np.float64))
+                complete = int(np.searchsorted(ends, size, side="right"))  # calls whose elements are all there
+                n_rows = min(n_rows, complete)
+                offsets = np.concatenate([[0], ends[:n_rows]]).astype(np.int64)
+                cached = ds is not None and ds.size * ds.dtype.itemsize <= self.CACHE_BYTES
+                data = read_dataset(ds, path, f"/journal/{op_name}/{name}") if cached else ds
                 tables[name] = (offsets, data)
             self._ops[op_name] = (call, tables)
             # Keep only calls whose op row is complete in every table of that op.
@@ -162,8 +280,11 @@ class Journal:
         self.calls = calls[:limit]
         self.errors: dict[int, tuple[str, str]] = {}
         if g is not None and "errors" in g:
-            for row in g["errors"][:]:
-                self.errors[int(row["call"])] = (row["type"].decode(), row["message"].decode("utf-8", "replace"))
+            from hil.runs.layout import ERROR_DTYPE
+
+            for row in typed(g["errors"], ERROR_DTYPE, path, "/journal/errors"):
+                text = row["message"].decode("utf-8", "replace")
+                self.errors[int(row["call"])] = (row["type"].decode("utf-8", "replace"), text)
 
     def __len__(self) -> int:
         return int(self.calls.shape[0])
@@ -240,6 +361,10 @@ class RunReader:
             raise RunFileError(
                 f"{self.path} is damaged (truncated or corrupted): its attributes cannot be read ({exc})."
             ) from exc
+        arrays = [k for k, v in self.attrs.items() if isinstance(v, np.ndarray)]
+        if arrays:
+            self._f.close()
+            raise RunFileError(f"{self.path}: attribute {arrays[0]!r} is an array; run metadata are scalars (damaged, crafted).")
         if self.attrs.get("hil_layout") != LAYOUT_NAME:
             self._f.close()
             raise RunFileError(
@@ -361,9 +486,15 @@ class RunReader:
         return out
 
     # ------------------------------------------------------------------ streams
+    def _group(self, name: str) -> h5py.Group | None:
+        g = self._f.get(name)
+        if g is not None and not isinstance(g, h5py.Group):
+            raise RunFileError(f"{self.path}: /{name} is a {type(g).__name__}, not a group (damaged or crafted file).")
+        return g
+
     @_guarded
     def streams(self) -> list[str]:
-        g = self._f.get("streams")
+        g = self._group("streams")
         return sorted(g.keys()) if g is not None else []
 
     @_guarded
@@ -371,14 +502,27 @@ class RunReader:
         """The user columns of ``stream`` in the order they were first logged."""
         g = self._stream_group(stream)
         if "columns" in g.attrs:
-            return list(json.loads(decode_attr(g.attrs["columns"])))
+            raw = decode_attr(g.attrs["columns"])
+            try:
+                cols = json.loads(raw) if isinstance(raw, str) and len(raw) <= 65536 else None
+            except ValueError:
+                cols = None
+            if not (isinstance(cols, list) and all(isinstance(c, str) for c in cols)):
+                raise RunFileError(f"{self.path}: stream {stream!r} has a malformed 'columns' attribute (damaged, crafted).")
+            return cols
         return sorted(k for k in g if not k.startswith("_"))
 
     def _stream_group(self, stream: str) -> h5py.Group:
-        g = self._f.get("streams")
+        g = self._group("streams")
         if g is None or stream not in g:
             raise RunFileError(f"{self.path} has no stream {stream!r}; streams: {', '.join(self.streams()) or '(none)'}")
-        return g[stream]
+        sg = g[stream]
+        if not isinstance(sg, h5py.Group):
+            raise RunFileError(f"{self.path}: stream {stream!r} is not a group (damaged or crafted file).")
+        for name, ds in sg.items():
+            if not isinstance(ds, h5py.Dataset) or ds.ndim == 0:
+                raise RunFileError(f"{self.path}: stream {stream!r} column {name!r} is not an array (damaged or crafted).")
+        return sg
 
     @_guarded
     def n_rows(self, stream: str) -> int:
@@ -392,22 +536,20 @@ class RunReader:
         g = self._stream_group(stream)
         return {k: (str(g[k].dtype), tuple(g[k].shape[1:])) for k in self.columns(stream) if k in g}
 
+    @_guarded
     def stream(self, stream: str, *, meta: bool = False) -> dict[str, np.ndarray]:
         """All complete rows of a stream: column -> array (strings decoded); ``meta`` adds _t_wall, _call."""
         g = self._stream_group(stream)
         n = self.n_rows(stream)
         names = [*self.columns(stream), *(["_t_wall", "_call"] if meta else [])]
         out: dict[str, np.ndarray] = {}
-        try:
-            for name in names:
-                if name not in g:
-                    continue
-                data = g[name][:n]
-                if data.dtype.kind == "S":
-                    data = np.char.decode(data, "utf-8")
-                out[name] = data
-        except _H5_ERRORS as exc:
-            raise RunFileError(f"{self.path}: stream {stream!r} cannot be read (corrupted?): {exc}") from exc
+        for name in names:
+            if name not in g:
+                continue
+            data = read_dataset(g[name], self.path, f"stream {stream!r} column {name!r}", n)
+            if data.dtype.kind == "S":
+                data = np.char.decode(data, "utf-8", "replace")
+            out[name] = data
         return out
 
     def column(self, stream: str, name: str) -> np.ndarray:
@@ -417,7 +559,7 @@ class RunReader:
     @_guarded
     def input_info(self) -> dict[str, dict[str, Any]]:
         """Input name -> {dtype, shape, sha256, source} of the arrays stored under ``/inputs``."""
-        g = self._f.get("inputs")
+        g = self._group("inputs")
         if g is None:
             return {}
         return {
@@ -432,10 +574,8 @@ class RunReader:
 
         out: dict[str, np.ndarray] = {}
         for name, info in self.input_info().items():
-            try:
-                arr = np.asarray(self._f["inputs"][name][()])
-            except _H5_ERRORS as exc:
-                raise RunFileError(f"{self.path}: input {name!r} cannot be read (corrupted?): {exc}") from exc
+            ds = self._f["inputs"][name]
+            arr = read_dataset(ds, self.path, f"input {name!r}") if ds.ndim else np.asarray(ds[()])
             if array_sha256(arr) != info["sha256"]:
                 raise RunFileError(
                     f"{self.path}: input {name!r} does not match its recorded sha256 {info['sha256'][:12]}...; "
@@ -458,7 +598,10 @@ class RunReader:
     def notes(self) -> list[tuple[float, str]]:
         if "notes" not in self._f:
             return []
-        return [(float(r["t_wall"]), r["text"].decode("utf-8", "replace")) for r in self._f["notes"][:]]
+        from hil.runs.layout import NOTE_DTYPE
+
+        rows = typed(self._f["notes"], NOTE_DTYPE, self.path, "/notes")
+        return [(float(r["t_wall"]), r["text"].decode("utf-8", "replace")) for r in rows]
 
     def size_bytes(self) -> int:
         return self.path.stat().st_size
@@ -469,6 +612,11 @@ class RunReader:
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
+                if obj.ndim:
+                    read_dataset(obj, self.path, f"dataset /{name}", 0)  # refuses shapes the file cannot hold
+                    want = obj.dtype.itemsize * int(np.prod(obj.shape, dtype=np.float64))
+                    if want > MAX_EXPANSION * obj.id.get_storage_size() + (1 << 20):
+                        raise RunFileError(f"{self.path}: dataset /{name} declares {want:.0f} bytes the file does not hold.")
                 try:
                     step = max(1, (16 << 20) // max(1, obj.dtype.itemsize * int(np.prod(obj.shape[1:], dtype=np.int64))))
                     for lo in range(0, obj.shape[0] if obj.ndim else 1, step):
