@@ -27,8 +27,8 @@ def _targets(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_pv_weight_error_spread() -> None:
-    # HERMES-Core reports 4.8-5.3 % [JSSC22]. With single verify reads the emulator's read noise
-    # (full accumulated 1/f noise on every read) gives about 5.8 %; two averaged reads about 4.8 %.
+    # HERMES-Core reports 4.8-5.3 % [JSSC22]; the emulator gives 5.1 % with single verify reads. The
+    # slow 1/f part is correlated over the reads of one check, so two averaged reads gain little.
     out = {}
     for reads in (1, 2):
         chip = make_chip(FULL2, seed=3)
@@ -36,8 +36,9 @@ def test_pv_weight_error_spread() -> None:
         st = program_verify(chip, [0, 1], t, ProgramVerifyParams(reads_per_verify=reads))
         assert st.converged.mean() > 0.998
         out[reads] = weight_error(conductance_counts(chip), t, 80.0)["std"]
-    assert 0.052 < out[1] < 0.064
-    assert 0.045 < out[2] < 0.053
+    print(f"P&V weight error spread: 1 read {out[1]:.4f}, 2 reads {out[2]:.4f}")
+    assert 0.048 < out[1] < 0.054
+    assert 0.045 < out[2] < out[1]
 
 
 def test_gdp_beats_pv_on_the_same_core() -> None:
@@ -72,7 +73,9 @@ def test_drift_nu_matches_the_true_nu_on_a_full_core() -> None:
     nu, true = out["nu"], chip.true_nu([0])[..., 0]
     ok = np.isfinite(nu)
     assert ok.mean() > 0.99
-    assert np.corrcoef(nu[ok], true[ok])[0, 1] > 0.98
+    # Correlated (slow) 1/f read noise is common to reads close in log-time, so per-device fits are
+    # noisier than with fresh noise on every read (0.996 before the noise split); 0.971 measured.
+    assert np.corrcoef(nu[ok], true[ok])[0, 1] > 0.96
     li = np.broadcast_to(out["level_index"], nu.shape)
     for k, level in enumerate(out["levels"]):
         assert abs(level["nu_mean"] - true[ok & (li == k)].mean()) < 0.001
