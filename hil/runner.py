@@ -551,8 +551,12 @@ def resume_run(
                 f"{path} is still being written (pid {recorded.pid} on {recorded.host}); "
                 "stop that process first, or wait for it."
             )
-        if status not in ("incomplete", "abort"):
-            raise HilError(f"{path} finished with status {status!r}; only incomplete or aborted runs can be resumed.")
+        stopped_by_writer = status == "fail" and reader.attrs.get("exit_reason") == "run_file"
+        if status not in ("incomplete", "abort") and not stopped_by_writer:
+            raise HilError(
+                f"{path} finished with status {status!r}; only incomplete or aborted runs, and runs stopped by "
+                "their run file (a full disk), can be resumed."
+            )
         spec = get_protocol_for_run(recorded.protocol, recorded.protocol_source, protocol_module)
         if not spec.deterministic:
             raise HilError(f"protocol {spec.name!r} is registered as non-deterministic; its runs cannot be resumed by replay.")

@@ -10,6 +10,7 @@ into :class:`hil.errors.RunFileError` naming the file.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import socket
@@ -98,11 +99,13 @@ def _open_h5(path: Path) -> h5py.File:
         raise RunFileError(f"cannot read {path}: {exc}") from exc
     if not signed:
         raise RunFileError(f"{path} is not an HDF5 file (no HDF5 signature), so it is not a hil run file.")
-    # A file marked open for (SWMR) writing is being written, or its writer died inside a write:
-    # read it in SWMR mode. Any other file in plain mode, which fails fast on a damaged checksum.
-    # SWMR readers retry checksum failures for minutes (a concurrent write may cause them), so a
-    # file only gets one once its superblock checksum is right. While the writer is inside a
-    # write, a plain open may fail on metadata in flux: look again for up to BUSY_RETRY_S.
+    # A file marked open for writing ("status flags" in its superblock) is being written, or its
+    # writer died inside a write. HDF5 opens such a file only in SWMR mode, whose reader retries
+    # checksum failures for minutes, so a damaged one would hang it. Instead it is read through a
+    # view whose superblock has the flags cleared (what `h5clear -s` does, without changing the
+    # file), in plain mode, which fails fast; a live writer's file is then reopened in SWMR mode
+    # (RunReader does that). While a writer is inside one of its short writes a plain open may
+    # see metadata in flux: look again for up to BUSY_RETRY_S before calling the file damaged.
     deadline = time.monotonic() + BUSY_RETRY_S
     while True:
         eof, flags, valid = _superblock(path)
@@ -112,13 +115,59 @@ def _open_h5(path: Path) -> h5py.File:
         if eof is not None and size < eof and not flags:
             raise RunFileError(f"{path} is damaged (truncated or corrupted): {size} bytes on disk, its superblock says {eof}.")
         try:
-            return h5py.File(path, "r", locking=False, swmr=bool(flags))
+            if flags:
+                return h5py.File(FlagsClearedView(path), "r", locking=False)
+            return h5py.File(path, "r", locking=False)
         except _H5_ERRORS as exc:
             error = str(exc)
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     raise RunFileError(f"{path} is damaged (truncated or corrupted): HDF5 says {error}")
+
+
+class FlagsClearedView(io.RawIOBase):
+    """A read-only view of an HDF5 file whose v2/3 superblock has its status flags cleared.
+
+    Serves the file's bytes, except bytes 11 (flags) and 44-47 (superblock checksum, recomputed),
+    so HDF5 opens a file left marked "open for writing" by a killed writer in plain read mode.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close()
+        head = bytearray(self._fh.read(48))
+        head[11] = 0
+        head[44:48] = lookup3(bytes(head[:44])).to_bytes(4, "little")
+        self._head = bytes(head)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = self._fh.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        self._fh.seek(self._pos)
+        n = self._fh.readinto(view)
+        if n and self._pos < len(self._head):
+            k = min(n, len(self._head) - self._pos)
+            view[:k] = self._head[self._pos : self._pos + k]
+        self._pos += n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def read_dataset(ds: Any, path: Path, where: str, stop: int | None = None) -> np.ndarray:
@@ -390,6 +439,18 @@ class RunReader:
             raise RunFileError(f"{self.path} is damaged (truncated or corrupted): its structure cannot be read ({exc}).") from exc
         self._journal: Journal | None = None
         self._start: RunStart | None = None
+        self._reopen_swmr_if_written()
+
+    def _reopen_swmr_if_written(self) -> None:
+        """A file marked open for writing whose writer is alive: read it as a SWMR reader (safe
+        against the writer's appends) instead of through the flags-cleared view."""
+        if _superblock(self.path)[1] and self.effective_status == "running":
+            try:
+                f = h5py.File(self.path, "r", locking=False, swmr=True)
+            except _H5_ERRORS:
+                return  # the view opened; keep it
+            self._f.close()
+            self._f = f
 
     def __enter__(self) -> RunReader:
         return self

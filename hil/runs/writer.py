@@ -3,7 +3,7 @@
 Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
 
 Crash safety: the writer buffers rows in memory and a background thread writes them at least every
-``flush_interval_s`` (0.5 s). Each write opens the file, creates any new datasets, switches to SWMR
+``flush_interval_s`` (0.25 s). Each write opens the file, creates any new datasets, switches to SWMR
 mode (so HDF5 orders its metadata writes and a kill leaves a consistent file), appends and closes
 again. Between writes the file is closed and clean: a process killed with SIGKILL leaves a file that
 opens in any HDF5 tool, holds everything up to the last write, and still says ``status=running``; the
@@ -13,6 +13,7 @@ file while it is written (SWMR read).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,23 @@ from hil.runs.columns import StreamSpec, prepare_rows
 from hil.runs.layout import CALL_DTYPE, ERROR_DTYPE, LAYOUT_NAME, LAYOUT_VERSION, LIBVER, NOTE_BYTES, NOTE_DTYPE
 from hil.runs.metadata import RunStart, RunStop, now_iso
 
-FLUSH_INTERVAL_S = 0.5
+#: Background flush interval (s): rows logged reach the file within about twice this.
+FLUSH_INTERVAL_S = 0.25
+#: Space set aside beside a run file while it is written (bytes), freed to write the final status
+#: cleanly when the disk fills up.
+RESERVE_BYTES = 256 << 10
+#: Free space a flush keeps beyond its own estimate (bytes): HDF5 metadata, the index, other writers.
+FREE_MARGIN_BYTES = 256 << 10
+
+
+class DiskFullError(RunFileError):
+    """The disk has no room for the next write; nothing of it was written, the file stays consistent."""
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``folder``."""
+    st = os.statvfs(folder)
+    return int(st.f_bavail) * int(st.f_frsize)
 _LARGE_BLOCK = 1 << 20  # blocks of at least this many bytes are written without joining them first
 MAX_PENDING_BYTES = 256 * 2**20
 #: How long a flush keeps retrying to open a busy file (HDF5 refuses to open for writing a file that
@@ -104,6 +121,22 @@ def write_inputs(f: h5py.File, inputs: Mapping[str, Any]) -> None:
         ds = g.create_dataset(name, data=arr, **kwargs)
         ds.attrs["sha256"] = array_sha256(arr)
         ds.attrs["source"] = str(source)
+
+
+def _prefix(batch: list[tuple[Any, list[np.ndarray]]], frac: float) -> list[tuple[Any, list[np.ndarray]]]:
+    """The first ``frac`` of the rows of every series of a write batch (series with none left out)."""
+    out = []
+    for series, segments in batch:
+        keep = int(sum(seg.shape[0] for seg in segments) * frac)
+        taken: list[np.ndarray] = []
+        for seg in segments:
+            if keep <= 0:
+                break
+            taken.append(seg[:keep])
+            keep -= taken[-1].shape[0]
+        if taken:
+            out.append((series, taken))
+    return out
 
 
 class _Series:
@@ -209,6 +242,18 @@ class RunWriter:
             raise RunFileError(f"{self.path} already exists; refusing to overwrite a run file.") from exc
         except (OSError, TypeError, ValueError) as exc:
             raise RunFileError(f"cannot create run file {self.path}: {exc}") from exc
+        self._reserve = self.path.with_name(f".{self.path.name}.reserve")
+        try:
+            with open(self._reserve, "wb") as fh:
+                fh.write(b"\0" * RESERVE_BYTES)
+        except OSError as exc:
+            self._reserve.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
+            raise DiskFullError(
+                f"not enough free space beside {self.path} to start a run ({free_bytes(self.path.parent)} bytes free; "
+                f"a run keeps {RESERVE_BYTES} in reserve): {exc.strerror or exc}. Free some space or use another --out."
+            ) from exc
+        self._hdf5_failed = False
         #: Every root attribute written so far (layout, start document, then the stop document).
         self.attrs = base
         self.stop: RunStop | None = None
@@ -349,6 +394,10 @@ class RunWriter:
         with self._io_lock:
             os.replace(self.path, path)
             self.path = Path(path)
+            reserve = self.path.with_name(f".{self.path.name}.reserve")
+            with contextlib.suppress(OSError):
+                os.replace(self._reserve, reserve)
+                self._reserve = reserve
 
     def set_attrs(self, **attrs: Any) -> None:
         """Write (new or changed) metadata attributes now."""
@@ -381,6 +430,17 @@ class RunWriter:
             self._cond.notify_all()
         self._thread.join()
         self._closed = True
+        self._reserve.unlink(missing_ok=True)  # room for the final status, on a full disk too
+        if self._hdf5_failed:
+            # HDF5 failed inside a write: the library's state for this file is not to be trusted
+            # (reopening it can crash the process), so the file keeps status=running (incomplete).
+            raise error or RunFileError(f"writing {self.path} failed inside HDF5")
+        if final_attrs and error is not None:
+            final_attrs = {
+                **final_attrs, "status": "fail", "exit_reason": "run_file",
+                "exception_type": f"{type(error).__module__}.{type(error).__qualname__}",
+                "exception_message": str(error)[:4000],
+            }
         if final_attrs:
             try:
                 with self._io_lock, h5py.File(self.path, "r+", libver=LIBVER, locking=False) as f:
@@ -474,7 +534,38 @@ class RunWriter:
                     raise
                 time.sleep(0.05)
 
+    def _space_needed(self, batch: list[tuple[_Series, list[np.ndarray]]]) -> int:
+        """Bytes a write of ``batch`` may take: its data, plus one chunk per dataset (a partly filled
+        last chunk is rewritten, a new dataset allocates its first), plus a margin."""
+        need = FREE_MARGIN_BYTES
+        for series, segments in batch:
+            data = sum(seg.nbytes for seg in segments)
+            row = series.dtype.itemsize * int(np.prod(series.shape, dtype=np.int64))
+            rows = segments[0].shape[0] if segments else 1
+            chunk = int(np.prod(_chunks(series.shape, series.dtype.itemsize, rows), dtype=np.int64)) * series.dtype.itemsize
+            need += data + max(chunk, row) + 4096
+        return need
+
     def _write(self, batch: list[tuple[_Series, list[np.ndarray]]]) -> None:
+        need, free = self._space_needed(batch), free_bytes(self.path.parent)
+        full = need > free
+        if full:
+            # Write the same leading fraction of every dataset that fits: the layout reads a journal
+            # or a stream only as far as all of its datasets reach, so a prefix is a consistent file.
+            batch = _prefix(batch, max(0.0, (free - 2 * FREE_MARGIN_BYTES) / need))
+        try:
+            if batch:
+                self._write_hdf5(batch)
+        except BaseException:
+            self._hdf5_failed = True
+            raise
+        if full:
+            raise DiskFullError(
+                f"the disk holding {self.path} is full: the next write needed about {need} bytes, {free} were free. "
+                "What fitted is in the file (the journal up to a complete call); free some space and `hil resume` the run."
+            )
+
+    def _write_hdf5(self, batch: list[tuple[_Series, list[np.ndarray]]]) -> None:
         with self._io_lock, self._open_for_append() as f:
             # New datasets only outside SWMR mode; then SWMR orders the appends so a kill leaves a
             # consistent file.
