@@ -3,7 +3,9 @@
 Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
 
 Every error names the bad key or value and the valid ones (:class:`hil.errors.ConfigError`).
-YAML is read with ``yaml.safe_load`` (no Python objects).
+YAML is read by :func:`load_yaml`: safe types only (no Python objects), at most
+:data:`MAX_YAML_BYTES`, :data:`MAX_YAML_ALIASES` aliases and :data:`MAX_YAML_NODES` nodes, so a
+small file cannot expand into gigabytes ("billion laughs").
 """
 
 from __future__ import annotations
@@ -60,6 +62,57 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Largest YAML text read (bytes), aliases (``*name``) and nodes in it.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_ALIASES = 64
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that counts nodes and aliases while composing and stops past the bounds."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.n_nodes = 0
+        self.n_aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.n_aliases += 1
+            if self.n_aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"YAML uses more than {MAX_YAML_ALIASES} aliases; write the values out instead.")
+        self.n_nodes += 1
+        if self.n_nodes > MAX_YAML_NODES:
+            raise ConfigError(f"YAML holds more than {MAX_YAML_NODES} values; a config is much smaller than that.")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str = "YAML") -> Any:
+    """Parse untrusted YAML safely (see the module docstring); raises :class:`ConfigError`."""
+    if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where} is larger than {MAX_YAML_BYTES} bytes; a config is much smaller than that.")
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(value: Any, budget: int = MAX_YAML_NODES) -> int:
+    """Nodes of ``value`` with shared references counted each time (stops past ``budget``)."""
+    stack, n = [value], 0
+    while stack and n <= budget:
+        item = stack.pop()
+        n += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return n
+
+
 def parse_set(item: str) -> dict[str, Any]:
     """``a.b=VALUE`` -> ``{"a": {"b": value}}``; VALUE is read as YAML (numbers, lists, true/false)."""
     key, sep, raw = item.partition("=")
@@ -67,8 +120,10 @@ def parse_set(item: str) -> dict[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set expects KEY=VALUE (e.g. --set batch=64), got {item!r}.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, "--set value") if raw.strip() else ""
+    except ConfigError as exc:
+        if "aliases" in str(exc) or "values" in str(exc) or "bytes" in str(exc):
+            raise
         value = raw
     out: dict[str, Any] = {}
     node = out
@@ -83,13 +138,14 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML mapping of config keys (an empty file is an empty mapping)."""
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"config file {p} is larger than {MAX_YAML_BYTES} bytes; a config is much smaller than that.")
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}.") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    data = load_yaml(text, f"config file {p}")
+    if _expanded_size(data) > MAX_YAML_NODES:
+        raise ConfigError(f"config file {p} expands to more than {MAX_YAML_NODES} values (nested aliases?).")
     if data is None:
         return {}
     if not isinstance(data, dict):

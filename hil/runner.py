@@ -16,9 +16,11 @@ live; :func:`replay_run` re-runs a recorded run against its own journal. How a r
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import inspect
 import os
 import platform
+import re
 import secrets
 import signal
 import sys
@@ -375,6 +377,27 @@ def _execute(plan: _Plan) -> RunResult:
     return res
 
 
+_SECRET_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s@]+)@")
+_SECRET_OPTION = re.compile(r"(?i)^(--?[a-z0-9-]*(?:token|password|secret|key)[a-z0-9-]*=)(.+)$")
+
+
+def redact_command(argv: Sequence[str]) -> str:
+    """The command line with credentials removed: ``user:pass@`` in URLs, values of ``--*token*``,
+    ``--*password*``, ``--*secret*`` and ``--*key*`` options (run files are shared; secrets are not)."""
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+            continue
+        arg = _SECRET_URL.sub(r"\1***@", arg)
+        arg = _SECRET_OPTION.sub(r"\1***", arg)
+        if re.fullmatch(r"(?i)--?[a-z0-9-]*(token|password|secret|key)[a-z0-9-]*", arg):
+            hide_next = True
+        out.append(arg)
+    return " ".join(out)
+
+
 def _start_document(
     run_id: str, spec: ProtocolSpec, config: BaseModel, seed: int, chip: Chip, chip_spec: str, **extra: Any
 ) -> RunStart:
@@ -393,7 +416,7 @@ def _start_document(
         chip_info=info.model_dump(mode="json"),
         geometry=chip.geometry.model_dump(),
         versions=_versions(),
-        command=" ".join(sys.argv),
+        command=redact_command(sys.argv),
         **extra,
     )
 
@@ -542,6 +565,35 @@ def resume_run(
     run as it was. ``protocol_module``: a module or ``.py`` file to load the protocol from.
     """
     path = Path(path)
+    if not path.is_file():
+        RunReader(path)  # raises the reader's clear error for a missing path or a folder
+    lock = _resume_lock(path)
+    try:
+        return _resume(path, chip=chip, progress=progress, telemetry=telemetry, protocol_module=protocol_module)
+    finally:
+        lock.close()
+
+
+def _resume_lock(path: Path) -> Any:
+    """An exclusive lock on resuming ``path`` (a second `hil resume` of the same run is refused)."""
+    lock_path = path.with_name(f".{path.name}.resume.lock")
+    fh = open(lock_path, "a+")  # noqa: SIM115 - returned to the caller, closed there
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise HilError(f"{path} is being resumed by another process; wait for it to finish.") from None
+    return fh
+
+
+def _resume(
+    path: Path,
+    *,
+    chip: Chip | str | None,
+    progress: bool | None,
+    telemetry: Any,
+    protocol_module: str | os.PathLike[str] | None,
+) -> RunResult:
     reader = RunReader(path)
     try:
         status = reader.effective_status
@@ -575,6 +627,12 @@ def resume_run(
                 raise HilError(f"{path} is a replay of {chip_spec[7:]}; run `hil replay` on that file again instead.")
             live = open_chip(chip_spec, seed=recorded.chip_seed if "chip_seed" in reader.attrs else seed)
         reexecute = live.resume_by_reexecution
+        for name in recorded.preceded_by:
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise HilError(
+                    f"{path} names a preceding run {name!r} outside its folder; preceding runs must be files beside it "
+                    "(the file is crafted or damaged)."
+                )
         if reexecute:
             for name in recorded.preceded_by:
                 reexecute_journal(live, path.parent / name)
