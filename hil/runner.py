@@ -270,11 +270,17 @@ class _Plan:
 
 
 class _Signals:
-    """Route SIGINT through the interrupt guard and SIGTERM to :class:`RunTerminated` (main thread only)."""
+    """Route SIGINT through the interrupt guard and SIGTERM to :class:`RunTerminated` (main thread only).
+
+    Once the protocol has ended, :meth:`defer` makes both signals wait: the final flush and the stop
+    document are written first, then :meth:`redeliver` (after the handlers are restored) sends the
+    process a SIGTERM that arrived, so a Ctrl-C or SIGTERM then never leaves ``status=running``.
+    """
 
     def __init__(self, guard: InterruptGuard) -> None:
         self.guard = guard
         self.saved: dict[int, Any] = {}
+        self.deferred: list[int] = []
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
@@ -286,9 +292,20 @@ class _Signals:
     def _term(*_: Any) -> None:
         raise RunTerminated("SIGTERM")
 
+    def defer(self) -> None:
+        """From now on, remember SIGINT and SIGTERM instead of acting on them."""
+        for sig in self.saved:
+            signal.signal(sig, lambda signum, _frame: self.deferred.append(signum))
+
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
+
+    def redeliver(self) -> None:
+        """Send the process a SIGTERM that arrived while deferred (a Ctrl-C after the protocol ended
+        only waited: the run is complete, so it needs no abort)."""
+        if signal.SIGTERM in self.deferred:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _telemetry_sink(telemetry: Any, run_id: str) -> Any:
@@ -317,8 +334,9 @@ def _execute(plan: _Plan) -> RunResult:
     status, reason, error = "success", "completed", None
     summary: dict[str, Any] = {}
     t0 = time.perf_counter()
-    try:
-        with _Signals(guard):
+    signals = _Signals(guard)
+    with signals:
+        try:
             result = plan.spec.fn(chip, plan.config, runlog)
             base = plan.chip
             if isinstance(base, ReplayChip) and not base.went_live and base.remaining:
@@ -326,35 +344,36 @@ def _execute(plan: _Plan) -> RunResult:
                     f"the protocol finished after {base.position} calls but the recording of "
                     f"{base.reader.path.name} holds {len(base.journal)}; the replay differs from the recording."
                 )
-        summary = result if isinstance(result, dict) else ({} if result is None else {"result": result})
-    except (KeyboardInterrupt, RunTerminated) as exc:
-        status, reason, error = "abort", failure_reason(exc), exc
-    except Exception as exc:
-        status, reason, error = "fail", failure_reason(exc), exc
-    finally:
-        runlog.close()
-    wall = time.perf_counter() - t0
-    exc_type = f"{type(error).__module__}.{type(error).__qualname__}" if error is not None else ""
-    message = str(error) if error is not None else ""
-    if error is not None and status == "fail":
-        with contextlib.suppress(RunFileError):
-            writer.note("".join(traceback.format_exception(error))[-1000:])
-    stop = RunStop(
-        status=status,  # type: ignore[arg-type]
-        exit_reason=reason,
-        exception_type=exc_type,
-        exception_message=message[:4000],
-        summary=summary,
-        stopped_at=now_iso(),
-        stopped_unix=time.time(),
-        n_calls=writer.n_calls,
-        wall_s=wall,
-    )
-    try:
-        writer.close(stop)
-    except RunFileError as exc:
-        status, reason, error = "fail", "run_file", exc
-        exc_type, message = f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
+            summary = result if isinstance(result, dict) else ({} if result is None else {"result": result})
+        except (KeyboardInterrupt, RunTerminated) as exc:
+            status, reason, error = "abort", failure_reason(exc), exc
+        except Exception as exc:
+            status, reason, error = "fail", failure_reason(exc), exc
+        finally:
+            signals.defer()
+            runlog.close()
+        wall = time.perf_counter() - t0
+        exc_type = f"{type(error).__module__}.{type(error).__qualname__}" if error is not None else ""
+        message = str(error) if error is not None else ""
+        if error is not None and status == "fail":
+            with contextlib.suppress(RunFileError):
+                writer.note("".join(traceback.format_exception(error))[-1000:])
+        stop = RunStop(
+            status=status,  # type: ignore[arg-type]
+            exit_reason=reason,
+            exception_type=exc_type,
+            exception_message=message[:4000],
+            summary=summary,
+            stopped_at=now_iso(),
+            stopped_unix=time.time(),
+            n_calls=writer.n_calls,
+            wall_s=wall,
+        )
+        try:
+            writer.close(stop)
+        except RunFileError as exc:
+            status, reason, error = "fail", "run_file", exc
+            exc_type, message = f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
     res = RunResult(
         path=plan.final_path if writer.path == plan.final_path else writer.path,
         run_id=start.run_id,
@@ -374,6 +393,7 @@ def _execute(plan: _Plan) -> RunResult:
     if plan.telemetry is not None:
         plan.telemetry.finished(res.to_dict())
         plan.telemetry.close()
+    signals.redeliver()
     return res
 
 

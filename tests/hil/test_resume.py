@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 from hil.errors import HilError
 from hil.runner import resume_run, run_protocol
 from hil.runs import RunIndex, RunReader
-from tests.hil.conftest import SMALL_CHIP, popen_hil, run_hil_subprocess, sha256
+from tests.hil.conftest import REPO, SMALL_CHIP, popen_hil, run_hil_subprocess, sha256
 
 STEPS = 12
 SEED = 5
@@ -202,3 +205,39 @@ def test_lab_board_run_killed_then_resumed_answers_from_the_journal(tmp_path: Pa
         assert res.status == "success", res.message
         assert chip.now() > t_board  # the board went on from where it was, live
     assert_same_data(uninterrupted, path)
+
+
+SLOW_CLOSE = r"""
+import os, signal, sys, threading
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from hil import register_protocol
+from hil.runner import run_protocol
+
+class C(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+@register_protocol("test-slow-close", C)
+def slow_close(chip, config, run):
+    chip.read_cells([0], [0], [0])
+    run.log("big", x=np.random.default_rng(0).normal(size=(64, 256, 256)).astype(np.float32))  # 16 MB to deflate
+    threading.Timer(0.05, os.kill, (os.getpid(), int(sys.argv[2]))).start()  # lands inside the final flush
+    return {"ok": 1}
+
+run_protocol("test-slow-close", chip="fake", out=sys.argv[1], progress=False, compression="gzip")
+print("returned")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_final_flush_waits_for_the_status(sig: int, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", SLOW_CLOSE, str(tmp_path), str(int(sig))], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    files = list(tmp_path.glob("*.h5"))
+    assert len(files) == 1, proc.stderr
+    with RunReader(files[0]) as r:
+        assert r.status == "success" and r.n_rows("big") == 64  # was: killed with status=running
+    if sig == signal.SIGTERM:
+        assert proc.returncode == -signal.SIGTERM  # delivered once the file was complete
+    else:
+        assert proc.returncode == 0 and "returned" in proc.stdout
