@@ -2,7 +2,7 @@
 
 Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
 
-Commands: ``demo``, ``run``, ``protocols``, ``ls``, ``show``, ``replay``, ``resume``, ``report``,
+Commands: ``demo``, ``run``, ``protocols``, ``ls``, ``show``, ``repair``, ``replay``, ``resume``, ``report``,
 ``bench`` (forwards to ``tests/benchmarks/bench_emulator.py``) and ``emulate`` (forwards to ``emulator.server``).
 Progress bars go to stderr and only on a terminal; ``--json`` prints one JSON document on stdout.
 
@@ -237,6 +237,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from hil.runs import repair
+
+    path = _resolve_run(args.run, args.runs)
+    cleared = repair(path)
+    text = f"{path}: cleared the open-for-writing flags; standard HDF5 tools open it now"
+    if not cleared:
+        text = f"{path}: nothing to repair"
+    _emit(args, {"run": str(path), "cleared": cleared}, text)
+    return EXIT_OK
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     path = _resolve_run(args.run, args.runs)
     _load_modules(args)
@@ -400,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs(p)
     p.add_argument("--verify", action="store_true", help="also read every dataset back through its checksums")
     p.set_defaults(func=cmd_show)
+
+    p = add("repair", "clear the open-for-writing flags a killed run left (like h5clear -s), for non-hil HDF5 tools")
+    runs(p)
+    p.set_defaults(func=cmd_repair)
 
     p = add("replay", "re-run a recorded run against its own journal (no hardware) into a new run file")
     runs(p)

@@ -24,6 +24,7 @@ _LAZY = {
     "JournalCall": "hil.runs.reader",
     "RunReader": "hil.runs.reader",
     "read_attrs": "hil.runs.reader",
+    "repair": "hil.runs.reader",
     "RunWriter": "hil.runs.writer",
     **dict.fromkeys(
         ("EFFECTIVE_STATUSES", "REASONS", "STATUSES", "EffectiveStatus", "IndexEntry", "Reason", "RunStart", "RunStop",
@@ -60,5 +61,6 @@ __all__ = [
     "Status",
     "now_iso",
     "read_attrs",
+    "repair",
     "to_json",
 ]

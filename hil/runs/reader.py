@@ -696,6 +696,32 @@ class RunReader:
         return counts
 
 
+def repair(path: str | os.PathLike[str]) -> bool:
+    """Clear the "open for writing" flags a killed writer left (what ``h5clear -s`` does); True if cleared.
+
+    Only for a run whose writer is gone (refused while it is alive on this host): afterwards
+    h5ls, h5dump and plain h5py open the file too. The file must open through hil first.
+    """
+    p = Path(path)
+    with RunReader(p) as r:
+        if r.effective_status == "running":
+            raise RunFileError(f"{p} is being written by pid {r.start.pid}; repair it after that process has stopped.")
+    _eof, flags, valid = _superblock(p)
+    if not flags:
+        return False
+    if not valid:
+        raise RunFileError(f"{p} is damaged (corrupted): its superblock checksum is wrong; it cannot be repaired.")
+    with open(p, "r+b") as fh:
+        head = bytearray(fh.read(48))
+        head[11] = 0
+        head[44:48] = lookup3(bytes(head[:44])).to_bytes(4, "little")
+        fh.seek(0)
+        fh.write(head)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Just the metadata of a run file (validated like :class:`RunReader`), for indexing."""
     with RunReader(path) as reader:
