@@ -38,6 +38,10 @@ from hil.errors import ChipInputError
 
 #: Independent random streams for per-MVM noise; fixed so results do not depend on the core count.
 _NOISE_STREAMS = 4
+#: Most devices one emulated chip holds (four 64-core HERMES chips), checked before allocating.
+MAX_DEVICES = 2**26
+#: State per device (bytes): conductance, SET level, nu, Q_s, t0 (float32), programming time (float64), slow noise.
+BYTES_PER_DEVICE = 36
 _CORE_CHUNK = 8  # cores per batch when recomputing cached matrices (bounds temporary memory)
 
 
@@ -83,6 +87,13 @@ class EmulatedChip(Chip):
     ) -> None:
         self.preset = resolve_preset(preset, overrides, geometry)
         self.geometry = self.preset.geometry
+        n_devices = self.geometry.n_unit_cells * self.geometry.n_devices
+        if n_devices > MAX_DEVICES:
+            raise ChipInputError(
+                f"an emulated chip of {self.geometry.n_cores} x {self.geometry.n_rows} x {self.geometry.n_cols} x "
+                f"{self.geometry.n_devices} devices ({n_devices}) needs about {n_devices * BYTES_PER_DEVICE / 2**30:.0f} GiB; "
+                f"allowed up to {MAX_DEVICES} devices (four 64-core HERMES chips). Use fewer cores, rows or columns."
+            )
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
             raise ChipInputError(f"seed={seed!r} must be an int in [0, 2**63).")
         if device.startswith("cuda") and not torch.cuda.is_available():

@@ -288,12 +288,33 @@ class WeightSpec(BaseModel):
         return self
 
 
+#: Most weights a weight file may hold (64 full cores of 256 x 256 is 4.2 M): checked before loading.
+MAX_WEIGHTS = 2**26
+
+
+def _check_npy_header(p: Path) -> None:
+    """Refuse a .npy whose header declares more than MAX_WEIGHTS elements or a non-numeric dtype, before reading its data."""
+    try:
+        with open(p, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = reader(fh)
+    except (ValueError, OSError) as exc:
+        raise ChipInputError(f"{str(p)!r} is not a readable .npy file ({exc}); save the weights with np.save.") from None
+    n = int(np.prod(shape, dtype=np.float64))
+    if n > MAX_WEIGHTS:
+        raise ChipInputError(f"{str(p)!r} declares {n} weights (shape {shape}); allowed up to {MAX_WEIGHTS}.")
+    if dtype.kind not in "biuf":
+        raise ChipInputError(f"{str(p)!r} holds dtype {dtype}; weights are numbers (save a float array with np.save).")
+
+
 def load_weight_file(path: str | Path, dataset: str | None = None) -> np.ndarray:
     """A 2-D weight matrix from a ``.npy`` file (``allow_pickle=False``) or an HDF5 dataset."""
     p = Path(path)
     if not p.is_file():
         raise ChipInputError(f"weight file {str(p)!r} does not exist; give the path of a .npy or .h5 file.")
     if p.suffix == ".npy":
+        _check_npy_header(p)
         try:
             arr = np.load(p, allow_pickle=False)
         except ValueError as exc:  # object arrays need pickle, which we never load
@@ -306,7 +327,12 @@ def load_weight_file(path: str | Path, dataset: str | None = None) -> np.ndarray
                 names: list[str] = []
                 f.visit(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
                 raise ChipInputError(f"dataset={dataset!r} not in {str(p)!r}; datasets there: {names}.")
-            arr = np.asarray(f[dataset])
+            ds = f[dataset]
+            if not isinstance(ds, h5py.Dataset) or ds.size > MAX_WEIGHTS or ds.dtype.kind not in "biuf":
+                raise ChipInputError(
+                    f"dataset {dataset!r} in {str(p)!r} is not a numeric matrix of at most {MAX_WEIGHTS} weights."
+                )
+            arr = np.asarray(ds[()])
     else:
         raise ChipInputError(f"weight file {str(p)!r} has suffix {p.suffix!r}; use .npy, .h5 or .hdf5.")
     if arr.ndim != 2:

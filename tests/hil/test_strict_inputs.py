@@ -54,3 +54,22 @@ def test_integral_floats_and_numpy_integers_are_still_fine() -> None:
     assert chip.conductances()[0, 2, 1, 0] > 0 and chip.conductances()[1, 2, 3, 0] > 0
     chip.sleep(np.float32(1.5))
     assert chip.now() > 1.5
+
+
+def test_a_tiny_npy_declaring_a_huge_matrix_is_refused_before_loading(tmp_path) -> None:
+    from protocols.mapping import load_weight_file
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    header["shape"] = (10**6, 10**6)
+    with open(tmp_path / "big.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+    assert (tmp_path / "big.npy").stat().st_size <= 128
+    with pytest.raises(ChipInputError, match="declares 1000000000000 weights"):
+        load_weight_file(tmp_path / "big.npy")
+
+
+def test_an_emulator_too_large_for_memory_is_refused_with_the_fix() -> None:
+    from emulator import EmulatedChip
+
+    with pytest.raises(ChipInputError, match="needs about 2304 GiB.*Use fewer cores"):
+        EmulatedChip.from_spec("hermes,cores=1024,rows=4096,cols=4096")
