@@ -71,5 +71,5 @@ def test_a_tiny_npy_declaring_a_huge_matrix_is_refused_before_loading(tmp_path) 
 def test_an_emulator_too_large_for_memory_is_refused_with_the_fix() -> None:
     from emulator import EmulatedChip
 
-    with pytest.raises(ChipInputError, match="needs about 2304 GiB.*Use fewer cores"):
+    with pytest.raises(ChipInputError, match=r"needs about 2304 GiB.*Use fewer cores"):
         EmulatedChip.from_spec("hermes,cores=1024,rows=4096,cols=4096")
