@@ -12,15 +12,30 @@ request that was applied before the connection dropped is answered from memory, 
 twice. Each new connection starts with ``HELLO``, whose boot id tells whether the board
 restarted: a restarted board has lost its memory of request ids (and an emulator its whole chip
 state), so the chip then fails with :class:`hil.ChipCommunicationError` naming the request that
-may or may not have been applied, and refuses every further call.
+may or may not have been applied, and refuses every further call. A board that stays away for the
+whole reconnect window fails the call, and every later call fails at once.
+
+Exactly once across crashes: the run machinery announces each journaled call with
+:meth:`LabChip.begin_call` (``"<run_id>:<journal index>"``); the request id of that call is derived
+from the key (:func:`hil.board_protocol.rid_for_call_key`), so a call that a killed run made but did
+not journal is sent again by ``hil resume`` under the *same* id and answered from the board's
+memory. Calls without a key (scripts using the chip directly) use ids of this chip's session.
+
+Authentication: a board that has a token (``hil emulate --token-file``) answers ``HELLO`` with a
+challenge; the chip proves it knows the token (HMAC, the token never travels) and checks the
+board's proof. The token comes from ``token`` / ``token_file``, else ``$HIL_BOARD_TOKEN_FILE`` or
+``$HIL_BOARD_TOKEN``; it is never logged, stored in run files or shown in :attr:`LabChip.info`.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
 import re
 import secrets
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -34,17 +49,21 @@ from pyvisa.resources import MessageBasedResource
 
 from drivers.instrument import default_resource_manager
 from hil.board_protocol import (
+    AUTH_SCHEME,
     PROTOCOL_VERSION,
     BoardProtocolError,
     Message,
+    auth_mac,
     block_header,
     decode_block,
     encode_message,
     join_chunks,
     parse_block_header,
     parse_line,
+    read_token,
+    rid_for_call_key,
 )
-from hil.chip import WRITE_HEAD_LIMIT_UA, Chip, ChipInfo, Geometry, LdpuRegisters, PulseBatch
+from hil.chip import WRITE_HEAD_LIMIT_UA, Chip, ChipInfo, Geometry, LdpuRegisters, PulseBatch, RecordedTiming
 from hil.errors import ChipCommunicationError, ChipInputError, HilError, SafetyLimitError, check_range
 
 log = logging.getLogger("drivers.board")
@@ -57,8 +76,28 @@ _RECV_BYTES = 1 << 20
 _FAST_BYTES = 1 << 16
 
 
+#: Environment variable naming a token file (read before ``$HIL_BOARD_TOKEN``).
+TOKEN_FILE_ENV = "HIL_BOARD_TOKEN_FILE"
+
+
 class BoardRestartedError(ChipCommunicationError):
     """The board restarted (new boot id) while this chip was using it; its state is gone."""
+
+
+class BoardAuthError(ChipCommunicationError):
+    """The board and this chip do not share a token (or one of them has none where the other needs one)."""
+
+
+class ReplyEvictedError(ChipCommunicationError):
+    """The board executed this request id before, but no longer keeps its reply (``STALE``); it was not run again."""
+
+
+class RequestConflictError(ChipCommunicationError):
+    """The board executed a different request under this request id (``CONFLICT``); this one was not run."""
+
+
+#: Errors that no retry can mend: the chip stops at once.
+_FATAL: tuple[type[BaseException], ...] = (BoardRestartedError, BoardAuthError)
 
 
 def normalize_address(address: str) -> str:
@@ -94,6 +133,12 @@ class LabChip(Chip):
     outputs off) and :class:`hil.SafetyLimitError` is raised before anything is sent.
     ``fast_io``: send and receive messages of 64 KiB or more directly on pyvisa-py's socket
     (same bytes, fewer copies; see ``_send_fast``); False keeps every byte on VISA calls.
+    ``token`` / ``token_file``: the board's shared secret (see the module docstring; default
+    ``$HIL_BOARD_TOKEN_FILE``, then ``$HIL_BOARD_TOKEN``, else none).
+
+    Faults: after a failure the chip keeps reconnecting for one window of ``reconnect_timeout_s``
+    (each attempt's connection set-up is cut to what is left of it); when the window passes without
+    an answer the call fails, and so does every later call, at once.
     """
 
     #: Resume must not re-execute a journal on real hardware: the state lives on the board.
@@ -112,6 +157,8 @@ class LabChip(Chip):
         max_pulse_ua: float = WRITE_HEAD_LIMIT_UA,
         trip_handler: Callable[[Any, str], None] | None = None,
         fast_io: bool = True,
+        token: str | bytes | None = None,
+        token_file: str | os.PathLike[str] | None = None,
     ) -> None:
         check_range("timeout_s", timeout_s, 0.01, 3600.0, fix="Give the reply timeout in seconds.")
         check_range("connect_timeout_s", connect_timeout_s, 0.01, 600.0)
@@ -128,7 +175,19 @@ class LabChip(Chip):
         self.max_pulse_ua = float(max_pulse_ua)
         self.trip_handler = trip_handler
         self.fast_io = bool(fast_io)
+        if token is not None and token_file is not None:
+            raise ChipInputError("give the board token either as token= or as token_file=, not both")
+        if token is not None:
+            self._token: bytes | None = token.encode() if isinstance(token, str) else bytes(token)
+        else:
+            self._token = read_token(token_file if token_file is not None else os.environ.get(TOKEN_FILE_ENV) or None)
         self._rx: np.ndarray | None = None
+        #: Key of the next chip call (``begin_call``), taken by the next backend method.
+        self._pending_key: str | None = None
+        #: Timing of the last call if the board answered it from memory (see ``recorded_timing``).
+        self._replayed_timing: RecordedTiming | None = None
+        #: End of the current reconnect window (time.monotonic), while retrying.
+        self._window_end: float | None = None
         self._rm = resource_manager or default_resource_manager()
         self._session = secrets.token_hex(4)
         self._seq = 0
@@ -136,8 +195,8 @@ class LabChip(Chip):
         self._boot: str | None = None
         self._failed: str | None = None
         self._closed = False
-        #: Requests sent, retries made and reconnections, for diagnostics and tests.
-        self.stats = {"requests": 0, "retries": 0, "connections": 0}
+        #: Requests sent, retries made, reconnections and replies the board gave from memory (diagnostics, tests).
+        self.stats = {"requests": 0, "retries": 0, "connections": 0, "replayed": 0}
         #: The board's own execution time of the last request (s), if it reports one (``exec_s``).
         self.last_board_exec_s: float | None = None
         self._hello: Message | None = None
@@ -153,7 +212,7 @@ class LabChip(Chip):
 
     @classmethod
     def from_spec(cls, spec: str, seed: int | None = None, **kwargs: Any) -> LabChip:
-        """Chip from a spec 'HOST:PORT' (as in ``lab:HOST:PORT``).
+        """Chip from a spec 'HOST:PORT' (as in ``lab:HOST:PORT``); the token, if any, from the environment.
 
         ``seed`` is accepted for a uniform backend interface but cannot seed hardware; an emulator
         behind the board has the seed it was started with (``hil emulate --seed``). A different
@@ -183,13 +242,37 @@ class LabChip(Chip):
         )
 
     def now(self) -> float:
-        return self._request("NOW").get_float("t")
+        return self._request("NOW", key=self._take_key()).get_float("t")
 
     def _sleep(self, seconds: float) -> None:
-        self._request("SLEEP", {"s": float(seconds)})
+        self._request("SLEEP", {"s": float(seconds)}, key=self._take_key())
+
+    # ------------------------------------------------------------------ exactly-once hooks
+    def begin_call(self, key: str) -> None:
+        """The next chip call is call ``key`` of a run: its request id is derived from ``key``.
+
+        Taken by the next backend method (also when it fails before sending), so the calls the run
+        machinery makes between journaled calls (such as reading the clock) keep session ids.
+        """
+        self._pending_key = str(key)
+
+    def _take_key(self) -> str | None:
+        key, self._pending_key = self._pending_key, None
+        self._replayed_timing = None
+        return key
+
+    def recorded_timing(self) -> RecordedTiming | None:
+        """Chip clock and board wall time of the last call if the board answered it from memory, else None.
+
+        A call re-sent after a crash is answered with the reply the board kept, which carries the
+        chip clock right after the original execution (``t_chip``) and its start (``t_wall``, the
+        board's unix time). A journal then records those, as for any call served from a recording.
+        """
+        return self._replayed_timing
 
     # ------------------------------------------------------------------ programming and reads
     def _apply_pulses(self, batch: PulseBatch) -> None:
+        key = self._take_key()
         if np.any(batch.amplitude_ua > self.max_pulse_ua):
             i = int(np.flatnonzero(batch.amplitude_ua > self.max_pulse_ua)[0])
             self._trip(
@@ -206,7 +289,7 @@ class LabChip(Chip):
             "amp": _compact(batch.amplitude_ua),
             "width": _compact(batch.width_ns),
         }
-        reply = self._request("PULSE", params)
+        reply = self._request("PULSE", params, key=key)
         if reply.get_int("n") != len(batch):
             raise ChipCommunicationError(f"board applied {reply.get_int('n')} pulses, {len(batch)} were sent")
 
@@ -221,14 +304,17 @@ class LabChip(Chip):
 
     def _read_devices(self, core: np.ndarray, row: np.ndarray, col: np.ndarray, device: np.ndarray) -> np.ndarray:
         params = {"core": core, "row": _compact(row), "col": _compact(col), "device": _compact(device)}
-        return self._request("READDEV", params).get_array("counts", scalar_ok=False).astype(np.int32, copy=False)
+        reply = self._request("READDEV", params, key=self._take_key())
+        return reply.get_array("counts", scalar_ok=False).astype(np.int32, copy=False)
 
     def _read_cells(self, core: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         params = {"core": core, "row": _compact(row), "col": _compact(col)}
-        return self._request("READCELL", params).get_array("counts", scalar_ok=False).astype(np.int32, copy=False)
+        reply = self._request("READCELL", params, key=self._take_key())
+        return reply.get_array("counts", scalar_ok=False).astype(np.int32, copy=False)
 
     # ------------------------------------------------------------------ MVM
     def _mvm(self, x: Any, cores: np.ndarray, output: str, mode: str) -> Any:
+        key = self._take_key()
         is_torch = hasattr(x, "detach") and hasattr(x, "cpu")
         xs = x.detach().cpu() if is_torch else np.asarray(x)
         # validate_mvm broadcasts shared (B, rows) inputs to every core; send them once.
@@ -237,7 +323,7 @@ class LabChip(Chip):
         arr = xs[0] if shared else xs
         arr_np = arr.numpy() if is_torch else arr
         params = {"x": np.ascontiguousarray(arr_np, dtype=np.int8), "cores": cores, "output": output, "mode": mode}
-        y = self._request("MVM", params).get_array("y", scalar_ok=False)
+        y = self._request("MVM", params, key=key).get_array("y", scalar_ok=False)
         if is_torch:
             import torch  # only when the caller works in torch anyway
 
@@ -254,10 +340,11 @@ class LabChip(Chip):
                 "offset": np.ascontiguousarray(regs.offset, dtype=np.float16),
                 "relu": np.ascontiguousarray(regs.relu, dtype=bool),
             },
+            key=self._take_key(),
         )
 
     def _get_ldpu(self, cores: np.ndarray) -> LdpuRegisters:
-        r = self._request("LDPU.GET", {"cores": cores})
+        r = self._request("LDPU.GET", {"cores": cores}, key=self._take_key())
         return LdpuRegisters(
             scale=r.get_array("scale", scalar_ok=False).astype(np.float16, copy=False),
             offset=r.get_array("offset", scalar_ok=False).astype(np.float16, copy=False),
@@ -265,18 +352,24 @@ class LabChip(Chip):
         )
 
     def board_stats(self) -> dict[str, int]:
-        """The board's counters: requests executed, answered from memory, refused (``STATS``)."""
+        """The board's counters (``STATS``): requests executed (``executed``, and per command
+        ``executed_pulse``, ``executed_mvm``, ...), answered from memory (``replayed``), refused, connections."""
         r = self._request("STATS")
         return {k: int(v) for k, v in r.params.items() if k != "exec_s" and isinstance(v, str) and v.isdigit()}
 
     # ------------------------------------------------------------------ transport
-    def _request(self, verb: str, params: dict[str, Any] | None = None) -> Message:
+    def _request(self, verb: str, params: dict[str, Any] | None = None, *, key: str | None = None) -> Message:
+        """Send one request and return its ``OK`` reply (an ``ERR`` reply is raised as the matching error).
+
+        ``key``: the run call this request is (``begin_call``): its id is derived from the key, else
+        the chip's session id and a counter are used.
+        """
         if self._closed:
             raise ChipCommunicationError(f"lab chip at {self.address} is closed; create a new one.")
         if self._failed is not None:
             raise ChipCommunicationError(self._failed)
         self._seq += 1
-        rid = f"{self._session}-{self._seq}"
+        rid = rid_for_call_key(key) if key is not None else f"{self._session}-{self._seq}"
         chunks = encode_message(verb, rid, params, narrow=True)
         size = sum(len(c) for c in chunks)
         payload = None if self.fast_io and size >= _FAST_BYTES else join_chunks(chunks)
@@ -291,6 +384,14 @@ class LabChip(Chip):
             return self._read_reply(res, rid)
 
         reply = self._with_retry(verb, rid, attempt)
+        if reply.params.get("cached") == "1":
+            self.stats["replayed"] += 1
+            try:
+                t_chip, t_wall = float(reply.params["t_chip"]), float(reply.params["t_wall"])
+                exec_s = float(reply.params.get("exec_s", "nan"))
+                self._replayed_timing = RecordedTiming(t_chip, t_wall, exec_s)
+            except (KeyError, ValueError):
+                self._replayed_timing = None
         if reply.verb == "ERR":
             raise self._error_from_reply(verb, reply)
         exec_s = reply.params.get("exec_s")
@@ -298,38 +399,53 @@ class LabChip(Chip):
         return reply
 
     def _with_retry(self, verb: str, rid: str, fn: Callable[[], Any]) -> Any:
-        deadline: float | None = None
+        """``fn()``, retried on transport failures for one reconnect window (then this chip fails for good)."""
         delay = self.backoff_initial_s
         attempts = 0
-        while True:
-            attempts += 1
-            try:
-                return fn()
-            except BoardRestartedError as exc:
-                self._failed = str(exc)
-                self._drop_connection()
-                raise
-            except _TRANSIENT as exc:
-                self._drop_connection()
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.reconnect_timeout_s
-                if now + delay > deadline:
-                    raise ChipCommunicationError(
-                        f"board at {self.address} did not answer {verb} (request {rid}) after {attempts} attempt(s) "
-                        f"over {self.reconnect_timeout_s:g} s; last error: {type(exc).__name__}: {exc}. "
-                        "Check that the board (or 'hil emulate') is running, or raise reconnect_timeout_s / timeout_s."
-                    ) from exc
-                log.warning("board %s: %s %s failed (%s); retrying in %.3g s", self.address, verb, rid, exc, delay)
-                self.stats["retries"] += 1
-                time.sleep(delay)
-                delay = min(2.0 * delay, self.backoff_max_s)
+        self._window_end = None
+        try:
+            while True:
+                attempts += 1
+                try:
+                    return fn()
+                except _FATAL as exc:
+                    self._failed = str(exc)
+                    self._drop_connection()
+                    raise
+                except _TRANSIENT as exc:
+                    self._drop_connection()
+                    now = time.monotonic()
+                    if self._window_end is None:
+                        self._window_end = now + self.reconnect_timeout_s
+                    if now + delay > self._window_end:
+                        text = (
+                            f"board at {self.address} did not answer {verb} (request {rid}) after {attempts} attempt(s) "
+                            f"over {self.reconnect_timeout_s:g} s; last error: {type(exc).__name__}: {exc}. "
+                            "Check that the board (or 'hil emulate') is running, or raise reconnect_timeout_s / timeout_s."
+                        )
+                        self._failed = (
+                            f"{text} This lab chip has given up on the board; create a new one once the board is back."
+                        )
+                        raise ChipCommunicationError(text) from exc
+                    log.warning("board %s: %s %s failed (%s); retrying in %.3g s", self.address, verb, rid, exc, delay)
+                    self.stats["retries"] += 1
+                    time.sleep(delay)
+                    delay = min(2.0 * delay, self.backoff_max_s)
+        finally:
+            self._window_end = None
+
+    def _setup_timeout_s(self) -> float:
+        """Timeout of one connection set-up step (s): ``connect_timeout_s``, cut to what is left of the window."""
+        if self._window_end is None:
+            return self.connect_timeout_s
+        return max(0.01, min(self.connect_timeout_s, self._window_end - time.monotonic()))
 
     def _ensure_connected(self) -> MessageBasedResource:
         if self._res is not None:
             return self._res
+        setup_s = self._setup_timeout_s()
         try:
-            res = self._rm.open_resource(self.address, open_timeout=round(self.connect_timeout_s * 1000))
+            res = self._rm.open_resource(self.address, open_timeout=max(1, round(setup_s * 1000)))
         except visa_errors.VisaIOError:
             raise
         except Exception as exc:  # pyvisa-py raises a bare Exception when it cannot connect
@@ -340,13 +456,18 @@ class LabChip(Chip):
         try:
             res.read_termination = "\n"
             res.write_termination = ""
-            res.timeout = self.connect_timeout_s * 1000.0
+            res.timeout = self._setup_timeout_s() * 1000.0
             self._tune(res)
-            rid = f"{self._session}-h{self.stats['connections'] + 1}"
-            res.write_raw(join_chunks(encode_message("HELLO", rid, {"proto": PROTOCOL_VERSION})))
+            n = self.stats["connections"] + 1
+            rid = f"{self._session}-h{n}"
+            nonce = secrets.token_hex(16)
+            res.write_raw(join_chunks(encode_message("HELLO", rid, {"proto": PROTOCOL_VERSION, "nonce": nonce})))
             hello = self._read_reply(res, rid)
             if hello.verb == "ERR":
-                raise ChipCommunicationError(f"board at {self.address} refused HELLO: {hello.params.get('message')}")
+                code, text = hello.params.get("code"), hello.params.get("message")
+                if code == "AUTH":
+                    raise BoardAuthError(f"board at {self.address} refused HELLO: {text}")
+                raise ChipCommunicationError(f"board at {self.address} refused HELLO: {text}")
             boot = hello.get_str("boot")
             if self._boot is not None and boot != self._boot:
                 raise BoardRestartedError(
@@ -355,6 +476,14 @@ class LabChip(Chip):
                     f"its whole chip state (conductances, LDPU registers, clock), so request {self._seq} may or may "
                     "not have been applied. The run cannot go on; start it again."
                 )
+            auth = hello.params.get("auth", "none")
+            if auth == AUTH_SCHEME:
+                hello.params["info"] = self._authenticate(res, hello.get_str("challenge"), nonce, n)
+            elif auth != "none":
+                raise BoardAuthError(f"board at {self.address} asks for authentication {auth!r}; this client speaks "
+                                     f"{AUTH_SCHEME!r}. Update hil on one side.")
+            elif self._token is not None and self._boot is None:
+                log.warning("board %s does not ask for a token; connecting without authentication", self.address)
             self._boot = boot
             self._hello = hello
             res.timeout = self.timeout_s * 1000.0
@@ -364,6 +493,24 @@ class LabChip(Chip):
         self._res = res
         self.stats["connections"] += 1
         return res
+
+    def _authenticate(self, res: MessageBasedResource, challenge: str, nonce: str, n: int) -> Any:
+        """Answer the board's challenge (the token itself is never sent); check its proof; return HELLO's info."""
+        if self._token is None:
+            raise BoardAuthError(
+                f"board at {self.address} requires a token; give it in the station file (board.token_file), as "
+                "token_file= / token=, or in $HIL_BOARD_TOKEN_FILE / $HIL_BOARD_TOKEN."
+            )
+        rid = f"{self._session}-a{n}"
+        mac = auth_mac(self._token, "client", challenge, nonce)
+        res.write_raw(join_chunks(encode_message("AUTH", rid, {"mac": mac})))
+        reply = self._read_reply(res, rid)
+        if reply.verb == "ERR":
+            raise BoardAuthError(f"board at {self.address} refused the token: {reply.params.get('message')}")
+        proof = reply.get_str("proof")
+        if not hmac.compare_digest(proof, auth_mac(self._token, "board", challenge, nonce)):
+            raise BoardAuthError(f"board at {self.address} could not prove that it holds the token; is it the right board?")
+        return reply.get_array("info", scalar_ok=False)
 
     @staticmethod
     def _tune(res: MessageBasedResource) -> None:
@@ -387,7 +534,35 @@ class LabChip(Chip):
         if session is not None and isinstance(getattr(session, "max_recv_size", None), int):
             session.max_recv_size = _RECV_BYTES
 
+    def _wait_readable(self, res: MessageBasedResource) -> None:
+        """Wait (up to the resource's timeout) until a reply line can be read; EOFError if the board closed.
+
+        pyvisa-py reads a socket that the peer closed as 'no data yet' until its timeout runs out, so
+        a board that died would cost a whole reply timeout (``timeout_s``) before the first retry.
+        Peeking tells a closed connection at once; the bytes themselves are still read by VISA.
+        """
+        found = self._pyvisa_py_socket(res)
+        if found is None:
+            return
+        session, sock = found
+        if b"\n" in session._pending_buffer:
+            return
+        deadline = time.monotonic() + float(res.timeout or 0.0) / 1000.0
+        while True:
+            ready, _, _ = select.select([sock], [], [], max(0.0, min(0.5, deadline - time.monotonic())))
+            if ready:
+                try:
+                    peek = sock.recv(1, socket.MSG_PEEK)
+                except BlockingIOError:
+                    continue
+                if not peek:
+                    raise EOFError("the board closed the connection")
+                return
+            if time.monotonic() >= deadline:
+                return  # VISA's read reports the timeout
+
     def _read_reply(self, res: MessageBasedResource, rid: str) -> Message:
+        self._wait_readable(res)
         line = res.read_raw()
         if not line.endswith(b"\n"):
             raise EOFError(f"reply line cut short: {line[:80]!r}")
@@ -416,6 +591,11 @@ class LabChip(Chip):
             if bytes(data[pos : pos + 1]) != b"\n":
                 raise BoardProtocolError("reply does not end with '\\n' after its blocks", fatal=True)
         if msg.rid != rid:
+            if msg.verb == "ERR" and msg.rid == "-":  # the board closed this connection (busy, idle, ...) and said why
+                code, text = msg.params.get("code"), msg.params.get("message")
+                if code == "AUTH":
+                    raise BoardAuthError(f"board at {self.address}: {text}")
+                raise BoardProtocolError(f"the board closed the connection ({code}): {text}", fatal=True)
             raise BoardProtocolError(f"reply to request {msg.rid!r} arrived while waiting for {rid!r}", fatal=True)
         return msg
 
@@ -490,10 +670,20 @@ class LabChip(Chip):
     def _error_from_reply(self, verb: str, reply: Message) -> HilError:
         code = str(reply.params.get("code", "INTERNAL"))
         text = str(reply.params.get("message", ""))
-        if code == "INPUT":
+        if code in ("INPUT", "LIMIT"):
             return ChipInputError(text)
         if code == "SAFETY":
             return SafetyLimitError(text)
+        if code == "STALE":
+            return ReplyEvictedError(
+                f"board at {self.address} refused {verb} (STALE): {text}. The board executed this call before "
+                "(in the run that was interrupted) but no longer keeps its result, so the run cannot go on exactly "
+                "once from here; start it again (and give the board more reply memory, hil emulate --cache-mib)."
+            )
+        if code == "CONFLICT":
+            return RequestConflictError(f"board at {self.address} refused {verb} (CONFLICT): {text}")
+        if code == "AUTH":
+            return BoardAuthError(f"board at {self.address} refused {verb} (AUTH): {text}")
         return ChipCommunicationError(f"board at {self.address} refused {verb} ({code}): {text}")
 
     def _drop_connection(self) -> None:

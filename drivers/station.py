@@ -28,7 +28,9 @@ everything, passes each driver its limits, and on any tripped limit switches eve
 entry-point group, or an import path ``package.module:Class`` (see :func:`drivers.driver_class`);
 the driver class's ``limit_kwargs(limits)`` says which of the station's limits it receives. A
 station file is trusted code: loading it imports the driver modules it names, and a path in
-``visa_library`` loads that shared library.
+``visa_library`` loads that shared library. Its YAML is still read with a bounded loader
+(:class:`BoundedSafeLoader`: no tags beyond YAML's own, few aliases, a bounded expanded size), so a
+file of a few hundred bytes cannot expand into gigabytes.
 """
 
 from __future__ import annotations
@@ -66,6 +68,66 @@ log = logging.getLogger("drivers.station")
 
 class StationFileError(HilError, ValueError):
     """The station file is missing, not YAML, or does not match the schema."""
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents whose aliases would expand them beyond a bound.
+
+    An alias makes a YAML node appear again wherever it is used; nested aliases grow a document
+    exponentially ("billion laughs": 411 bytes took over a minute and 2.3 GB in another loader once
+    the loaded structure was walked). Counted while composing, before any Python object is built:
+    at most ``max_aliases`` aliases, and at most ``max_expanded_nodes`` nodes once every alias is
+    expanded (a recursive alias has no finite expansion and is refused too).
+    """
+
+    max_aliases = 100
+    max_expanded_nodes = 100_000
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > self.max_aliases:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {self.max_aliases} aliases; a station file needs few or none", event.start_mark
+                )
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node: Any) -> Any:
+        self._check_expanded_size(node)
+        return super().construct_document(node)
+
+    def _check_expanded_size(self, root: Any) -> None:
+        """Count the nodes of ``root`` with every alias expanded (memoised per node: linear in the file)."""
+        sizes: dict[int, int] = {}
+        active: set[int] = set()
+
+        def size(node: Any) -> int:
+            key = id(node)
+            if key in sizes:
+                return sizes[key]
+            if key in active:
+                raise yaml.composer.ComposerError(None, None, "a recursive alias (a node that contains itself)", node.start_mark)
+            active.add(key)
+            total = 1
+            if isinstance(node, yaml.SequenceNode):
+                total += sum(size(child) for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                total += sum(size(k) + size(v) for k, v in node.value)
+            active.discard(key)
+            if total > self.max_expanded_nodes:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the document expands to more than {self.max_expanded_nodes} nodes through its aliases",
+                    node.start_mark,
+                )
+            sizes[key] = total
+            return total
+
+        size(root)
 
 
 class SafetyLimits(BaseModel):
@@ -139,7 +201,12 @@ class BoardConfig(BaseModel):
     emulator: EmulatorBoardConfig = Field(default_factory=EmulatorBoardConfig)
     timeout_s: float = Field(60.0, gt=0, le=3600, description="reply timeout per request (s)")
     connect_timeout_s: float = Field(5.0, gt=0, le=600, description="timeout of one connection attempt (s)")
-    reconnect_timeout_s: float = Field(10.0, ge=0, le=3600, description="how long to keep reconnecting (s)")
+    reconnect_timeout_s: float = Field(
+        10.0, ge=0, le=3600, description="how long to keep reconnecting after a fault (s); then the run fails"
+    )
+    token_file: Path | None = Field(
+        None, description="file holding the board's shared secret (hil emulate --token-file); default $HIL_BOARD_TOKEN"
+    )
 
 
 class StationConfig(BaseModel):
@@ -167,7 +234,7 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
     """Read and validate a station file; errors name the file and every bad field."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=BoundedSafeLoader)
     except OSError as exc:
         raise StationFileError(f"cannot read station file {p}: {exc}") from exc
     except yaml.YAMLError as exc:
@@ -175,10 +242,13 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
     if not isinstance(data, dict):
         raise StationFileError(f"station file {p} must hold a mapping (name, limits, instruments, board).")
     try:
-        return StationConfig.model_validate(data)
+        config = StationConfig.model_validate(data)
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise StationFileError(f"station file {p} is invalid:\n" + "\n".join(lines)) from None
+    if config.board is not None and config.board.token_file is not None and not config.board.token_file.is_absolute():
+        config.board.token_file = p.parent / config.board.token_file  # relative to the station file
+    return config
 
 
 class Station:
@@ -274,6 +344,7 @@ class Station:
             reconnect_timeout_s=board.reconnect_timeout_s,
             max_pulse_ua=self.config.limits.write_head_current_ua,
             trip_handler=self._on_trip,
+            token_file=board.token_file,
         )
         return self._chip
 
@@ -284,6 +355,8 @@ class Station:
         for flag, value in (("--cores", em.cores), ("--rows", em.rows), ("--cols", em.cols)):
             if value is not None:
                 cmd += [flag, str(value)]
+        if board.token_file is not None:  # the simulated board asks for the same token as the real one
+            cmd += ["--token-file", str(board.token_file)]
         self._server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         return f"TCPIP0::127.0.0.1::{wait_for_listening(self._server, timeout_s=120.0)}::SOCKET"
 

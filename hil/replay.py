@@ -177,9 +177,10 @@ class ReplayChip(Chip):
         self._key = key
 
     def recorded_timing(self) -> RecordedTiming | None:
-        """Chip time and wall times of the recorded call just served; None once live."""
+        """Chip time and wall times of the recorded call just served; once live, the live chip's own
+        (a lab board answering a repeated call from its reply cache gives the original times)."""
         if self._last is None:
-            return None
+            return self._live.recorded_timing() if self._live is not None else None
         return RecordedTiming(self._last.t_chip, self._last.t_wall, self._last.dt_wall)
 
     # ------------------------------------------------------------------ matching

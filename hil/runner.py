@@ -626,8 +626,8 @@ def _resume(
         stopped_by_writer = status == "fail" and reader.attrs.get("exit_reason") == "run_file"
         if status not in ("incomplete", "abort") and not stopped_by_writer:
             raise HilError(
-                f"{path} finished with status {status!r}; only incomplete or aborted runs, and runs stopped by "
-                "their run file (a full disk), can be resumed."
+                f"{path} finished with status {status!r}; only incomplete or aborted runs can be resumed "
+                "(and runs their run file stopped, as a full disk does)."
             )
         spec = get_protocol_for_run(recorded.protocol, recorded.protocol_source, protocol_module)
         if not spec.deterministic:

@@ -32,12 +32,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server_process(port: int, seed: int = 0, geometry: hil.Geometry = SMALL) -> subprocess.Popen[str]:
-    """``python -m emulator.server`` on ``port`` with a small chip; returns once it listens."""
+def start_server_process(
+    port: int, seed: int = 0, geometry: hil.Geometry = SMALL, extra: list[str] | None = None
+) -> subprocess.Popen[str]:
+    """``python -m emulator.server`` on ``port`` with a small chip (``extra``: more arguments); returns once it listens."""
     from drivers.station import wait_for_listening
 
     cmd = [sys.executable, "-m", "emulator.server", "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed)]
     cmd += ["--cores", str(geometry.n_cores), "--rows", str(geometry.n_rows), "--cols", str(geometry.n_cols)]
+    cmd += extra or []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     wait_for_listening(proc, timeout_s=120.0)
