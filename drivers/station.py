@@ -29,7 +29,7 @@ entry-point group, or an import path ``package.module:Class`` (see :func:`driver
 the driver class's ``limit_kwargs(limits)`` says which of the station's limits it receives. A
 station file is trusted code: loading it imports the driver modules it names, and a path in
 ``visa_library`` loads that shared library. Its YAML is still read with a bounded loader
-(:class:`BoundedSafeLoader`: no tags beyond YAML's own, few aliases, a bounded expanded size), so a
+(:func:`hil.config.load_yaml`: no tags beyond YAML's own, few aliases, a bounded expanded size), so a
 file of a few hundred bytes cannot expand into gigabytes.
 """
 
@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import pyvisa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -61,73 +60,14 @@ from drivers.instrument import (
     UnknownDriverError,
     default_resource_manager,
 )
-from hil.errors import HilError
+from hil.config import load_yaml
+from hil.errors import ConfigError, HilError
 
 log = logging.getLogger("drivers.station")
 
 
 class StationFileError(HilError, ValueError):
     """The station file is missing, not YAML, or does not match the schema."""
-
-
-class BoundedSafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses documents whose aliases would expand them beyond a bound.
-
-    An alias makes a YAML node appear again wherever it is used; nested aliases grow a document
-    exponentially ("billion laughs": 411 bytes took over a minute and 2.3 GB in another loader once
-    the loaded structure was walked). Counted while composing, before any Python object is built:
-    at most ``max_aliases`` aliases, and at most ``max_expanded_nodes`` nodes once every alias is
-    expanded (a recursive alias has no finite expansion and is refused too).
-    """
-
-    max_aliases = 100
-    max_expanded_nodes = 100_000
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._aliases = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > self.max_aliases:
-                event = self.peek_event()
-                raise yaml.composer.ComposerError(
-                    None, None, f"more than {self.max_aliases} aliases; a station file needs few or none", event.start_mark
-                )
-        return super().compose_node(parent, index)
-
-    def construct_document(self, node: Any) -> Any:
-        self._check_expanded_size(node)
-        return super().construct_document(node)
-
-    def _check_expanded_size(self, root: Any) -> None:
-        """Count the nodes of ``root`` with every alias expanded (memoised per node: linear in the file)."""
-        sizes: dict[int, int] = {}
-        active: set[int] = set()
-
-        def size(node: Any) -> int:
-            key = id(node)
-            if key in sizes:
-                return sizes[key]
-            if key in active:
-                raise yaml.composer.ComposerError(None, None, "a recursive alias (a node that contains itself)", node.start_mark)
-            active.add(key)
-            total = 1
-            if isinstance(node, yaml.SequenceNode):
-                total += sum(size(child) for child in node.value)
-            elif isinstance(node, yaml.MappingNode):
-                total += sum(size(k) + size(v) for k, v in node.value)
-            active.discard(key)
-            if total > self.max_expanded_nodes:
-                raise yaml.composer.ComposerError(
-                    None, None, f"the document expands to more than {self.max_expanded_nodes} nodes through its aliases",
-                    node.start_mark,
-                )
-            sizes[key] = total
-            return total
-
-        size(root)
 
 
 class SafetyLimits(BaseModel):
@@ -234,11 +174,11 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
     """Read and validate a station file; errors name the file and every bad field."""
     p = Path(path)
     try:
-        data = yaml.load(p.read_text(), Loader=BoundedSafeLoader)
+        data = load_yaml(p.read_text(), f"station file {p}")
     except OSError as exc:
         raise StationFileError(f"cannot read station file {p}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise StationFileError(f"station file {p} is not valid YAML: {exc}") from exc
+    except ConfigError as exc:
+        raise StationFileError(str(exc)) from exc
     if not isinstance(data, dict):
         raise StationFileError(f"station file {p} must hold a mapping (name, limits, instruments, board).")
     try:

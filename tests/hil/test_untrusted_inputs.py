@@ -25,8 +25,12 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     cfg = tmp_path / "bomb.yaml"
     cfg.write_text(BOMB)
     t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=f"more than {MAX_YAML_ALIASES} aliases"):
+    with pytest.raises(ConfigError, match="expands to more than 100000 nodes"):
         load_config_file(cfg)
+    many = tmp_path / "many.yaml"
+    many.write_text("a: &a 1\nb: [" + ",".join(["*a"] * (MAX_YAML_ALIASES + 1)) + "]\n")
+    with pytest.raises(ConfigError, match=f"more than {MAX_YAML_ALIASES} aliases"):
+        load_config_file(many)
     with pytest.raises(ConfigError, match="aliases"):
         parse_set("x=" + BOMB.replace("\n", ", ").join("{}"))
     assert time.perf_counter() - t0 < 1.0
