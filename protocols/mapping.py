@@ -305,7 +305,7 @@ def _check_npy_header(p: Path) -> None:
     if n > MAX_WEIGHTS:
         raise ChipInputError(f"{str(p)!r} declares {n} weights (shape {shape}); allowed up to {MAX_WEIGHTS}.")
     if dtype.kind not in "biuf":
-        raise ChipInputError(f"{str(p)!r} holds dtype {dtype}; weights are numbers (save a float array with np.save).")
+        raise ChipInputError(f"{str(p)!r} holds no plain numeric array (dtype {dtype}); save a float array with np.save.")
 
 
 def load_weight_file(path: str | Path, dataset: str | None = None) -> np.ndarray:
