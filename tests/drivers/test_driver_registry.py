@@ -24,19 +24,12 @@ from drivers.station import SafetyLimits, Station, StationFileError, load_statio
 from drivers.testing import ScriptedInstrument
 from hil.errors import SafetyLimitError
 from tests.drivers.plugin_driver import BenchSupply
+from tests.drivers.test_station import LIMITS as STATION_LIMITS
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = "tests.drivers.plugin_driver"
 
-LIMITS = """\
-limits:
-  write_head_current_ua: 500
-  supply_voltage_v: 3.6
-  supply_current_a: 1.0
-  temperature_k: 358.15
-  smu_voltage_v: 5.0
-  pulse_voltage_v: 3.0
-"""
+LIMITS = STATION_LIMITS.lstrip("\n")
 
 
 def station_text(instruments: dict[str, str], simulated: bool = True) -> str:
