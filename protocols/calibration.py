@@ -33,11 +33,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from hil.arguments import MAX_SLEEP_S
 from hil.chip import INPUT_MAX, Chip
 from hil.errors import ChipInputError
 from hil.protocol import RunLog, register_protocol
 from protocols.gdp import GdpParams, gradient_descent_program
-from protocols.mapping import COUNTS_PER_US, WeightSpec, bitline_currents_ua
+from protocols.mapping import COUNTS_PER_US, WeightSpec, bitline_currents_ua, resolve_cores
 from protocols.metrics import MvmErrors, chip_mvm, mvm_errors, random_inputs
 from protocols.program_verify import ProgramVerifyParams, log_cells, prepare_targets, program_verify
 from protocols.program_verify import inputs as weight_inputs
@@ -258,12 +259,24 @@ def plots(run_file: Any, out_dir: Any) -> list[Any]:
     return calibration_plots(run_file, out_dir)
 
 
-@register_protocol("calibration", CalibrationConfig, plots=plots, deterministic=True, inputs=weight_inputs)
+def check_inputs(config: CalibrationConfig, geometry: Any, inputs: Any = None) -> None:
+    """Config checks of ``calibration`` before any chip call: drift times, cores and the weight source."""
+    times = np.asarray(config.drift_times_s, dtype=float)
+    bad = times.size and (np.any(~np.isfinite(times)) or np.any(times <= 0) or np.any(np.diff(times) <= 0)
+                          or np.any(times > MAX_SLEEP_S))
+    if bad:
+        raise ChipInputError(
+            f"drift_times_s={config.drift_times_s} must be positive, strictly increasing and at most {MAX_SLEEP_S:g} [s]."
+        )
+    resolve_cores(config.cores, config.weights, geometry, (inputs or {}).get("weights"))
+
+
+@register_protocol("calibration", CalibrationConfig, plots=plots, deterministic=True, inputs=weight_inputs,
+                   check=check_inputs)
 def calibration_protocol(chip: Chip, config: CalibrationConfig, run: RunLog) -> dict[str, Any]:
     """Per-column LDPU affine calibration and global drift compensation of programmed cores."""
+    check_inputs(config, chip.geometry, run.inputs)
     times = np.asarray(config.drift_times_s, dtype=float)
-    if times.size and (np.any(~np.isfinite(times)) or np.any(times <= 0) or np.any(np.diff(times) <= 0)):
-        raise ChipInputError(f"drift_times_s={config.drift_times_s} must be positive and strictly increasing [s].")
     cores, targets, gmax = prepare_targets(chip, config, run, config.program_verify.devices_per_weight)
     programmed = targets
     out: dict[str, Any] = {"cores": cores.tolist(), "gmax_counts": gmax.tolist()}

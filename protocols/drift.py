@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hil.arguments import MAX_SLEEP_S
 from hil.chip import Chip
 from hil.errors import ChipInputError
 from hil.protocol import MemoryRunLog, RunLog, register_protocol
@@ -80,9 +81,11 @@ def check_read_times(times: Any) -> np.ndarray:
     arr = np.asarray(times, dtype=float)
     if arr.ndim != 1 or arr.size < 2:
         raise ChipInputError(f"read_times_s={list(np.atleast_1d(arr))} needs at least 2 times to fit a slope.")
-    if np.any(~np.isfinite(arr)) or np.any(arr <= 0):
-        bad = arr[~np.isfinite(arr) | (arr <= 0)][0]
-        raise ChipInputError(f"read_times_s contains {bad}; times must be positive seconds after programming.")
+    if np.any(~np.isfinite(arr)) or np.any(arr <= 0) or np.any(arr > MAX_SLEEP_S):
+        bad = arr[~np.isfinite(arr) | (arr <= 0) | (arr > MAX_SLEEP_S)][0]
+        raise ChipInputError(
+            f"read_times_s contains {bad}; times must be positive seconds after programming, at most {MAX_SLEEP_S:g}."
+        )
     steps = np.diff(arr)
     if np.any(steps <= 0):
         i = int(np.flatnonzero(steps <= 0)[0])

@@ -72,3 +72,10 @@ def test_data_mistakes_exit_2_and_leave_no_run_file(protocol: str, case: str, se
 
     assert re.search(message, err), err
     assert not list(tmp_path.glob("runs/*.h5"))
+
+
+@pytest.mark.parametrize(("protocol", "item"), [("drift", "read_times_s=[30.0, 2e10]"), ("calibration", "drift_times_s=[60.0, 2e10]")])
+def test_times_beyond_the_chip_clock_limit_are_refused_before_the_run(protocol: str, item: str, tmp_path: Path, capsys) -> None:
+    code, _, err = hil(capsys, "run", protocol, "--chip", CHIP, "--set", item, "--out", str(tmp_path), "--no-progress")
+    assert code == 2 and "at most 1e+10" in err, err
+    assert not list(tmp_path.glob("*.h5"))
