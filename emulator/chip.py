@@ -215,8 +215,12 @@ class EmulatedChip(Chip):
         gv, sv, nv, qv, tv = (t.view(-1) for t in (self._g, self._g_set, self._nu, self._q, self._tp))
         t0v, kv = self._t0.view(-1), self._k_slow.view(-1)
         model = self._model
-        for r in range(int(rank.max()) + 1):
-            sel = np.flatnonzero(rank == r) if rank.max() else slice(None)
+        n_rounds = int(rank.max()) + 1
+        # The pulses of each round, ascending within it, from one sort (not a scan of the batch per round).
+        by_round = np.argsort(rank, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(rank, minlength=n_rounds))]
+        for r in range(n_rounds):
+            sel = by_round[bounds[r] : bounds[r + 1]] if n_rounds > 1 else slice(None)
             idx = torch.from_numpy(flat[sel]).to(self.device)
 
             def col(a: np.ndarray, sel: Any = sel) -> torch.Tensor:
