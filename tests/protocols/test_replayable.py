@@ -19,6 +19,8 @@ CASES: dict[str, tuple[str, dict[str, Any] | None]] = {
     "calibration": (FAKE, None),
     "drift": (FAKE, None),
     "gdp": (SMALL_EMULATOR, None),  # fits a programming curve: needs the emulator's device physics
+    "infer": ("emulator:hermes,cores=4,rows=64,cols=64",
+              {"drift_times_s": [3600.0], "test_samples": 40, "error_samples": 8, "program_verify": {"max_iterations": 8}}),
 }
 
 
