@@ -143,6 +143,9 @@ class LabChip(Chip):
 
     #: Resume must not re-execute a journal on real hardware: the state lives on the board.
     resume_by_reexecution = False
+    #: The :class:`drivers.station.Station` this chip belongs to (set by ``Station.chip()``); runs
+    #: on the chip record its snapshot and station file.
+    station: Any = None
 
     def __init__(
         self,

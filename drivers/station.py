@@ -198,8 +198,10 @@ class Station:
     open driver; :meth:`chip` the lab chip on the board.
     """
 
-    def __init__(self, config: StationConfig) -> None:
+    def __init__(self, config: StationConfig, path: str | os.PathLike[str] | None = None) -> None:
         self.config = config
+        #: The station file it was loaded from (recorded in every run on this station), if any.
+        self.path = Path(path).resolve() if path is not None else None
         self.instruments: dict[str, Instrument] = {}
         self.trip_reasons: list[str] = []
         self._sim_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -211,7 +213,7 @@ class Station:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Station:
         """A station from a station file (not yet connected)."""
-        return cls(load_station_config(path))
+        return cls(load_station_config(path), path)
 
     # ------------------------------------------------------------------ opening
     def is_simulated(self, name: str) -> bool:
@@ -286,6 +288,7 @@ class Station:
             trip_handler=self._on_trip,
             token_file=board.token_file,
         )
+        self._chip.station = self  # runs on this chip record the station's snapshot and file
         return self._chip
 
     def _start_emulator_server(self, board: BoardConfig) -> str:
@@ -324,12 +327,25 @@ class Station:
             return failures
 
     def snapshot(self) -> dict[str, Any]:
-        """The station's cached instrument settings (no I/O), for run metadata."""
-        return {
+        """The station's cached instrument settings (no I/O), for run metadata: each instrument's
+        driver, identity (``*IDN?`` at connect) and the settings read at connect or set since."""
+        instruments = {}
+        for n, inst in self.instruments.items():
+            cfg = self.config.instruments.get(n)
+            instruments[n] = {
+                "simulated": self.is_simulated(n), "driver": cfg.driver if cfg is not None else type(inst).__name__,
+                **inst.snapshot(),
+            }
+        out: dict[str, Any] = {
             "name": self.config.name,
             "limits": self.config.limits.model_dump(),
-            "instruments": {n: {"simulated": self.is_simulated(n), **i.snapshot()} for n, i in self.instruments.items()},
+            "instruments": instruments,
         }
+        if self.config.board is not None:
+            out["board"] = {"address": self.config.board.address, "simulated": self.is_simulated("board")}
+        if self.path is not None:
+            out["file"] = str(self.path)
+        return out
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

@@ -12,7 +12,8 @@ What a script needs is importable from here::
 * protocols: :func:`register_protocol`, :class:`RunLog`, :class:`MemoryRunLog`,
   :func:`load_protocol_module`;
 * runs: :func:`run_protocol`, :func:`resume_run`, :func:`replay_run`, :class:`RunOptions`,
-  :class:`RunResult`, :class:`RunReader`, :class:`ReplayChip`;
+  :class:`RunResult`, :class:`RunReader`, :class:`ReplayChip`, :func:`catalog` (a folder's runs as
+  a pandas DataFrame);
 * errors: :class:`HilError` and its subclasses.
 
 Everything else (``hil.runs.*``, ``hil.ops``, ``hil.journal``, ...) is the machinery behind these;
@@ -45,8 +46,7 @@ from hil.errors import (
 )
 from hil.lazy import lazy_getattr
 from hil.protocol import MemoryRunLog, RunLog, UnknownProtocolError, load_protocol_module, register_protocol
-
-__version__ = "0.1.0"
+from hil.version import __version__
 
 #: Public names whose modules import h5py and the run machinery: loaded on first access.
 _LAZY = {
@@ -60,6 +60,7 @@ _LAZY = {
     "ReplayChip": "hil.replay",
     "open_chip": "hil.chips",
     "FakeChip": "hil.testing",
+    "catalog": "hil.runs.catalog",
 }
 
 
@@ -95,6 +96,7 @@ __all__ = [
     "SafetyLimitError",
     "UnknownProtocolError",
     "__version__",
+    "catalog",
     "grid",
     "load_protocol_module",
     "open_chip",

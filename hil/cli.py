@@ -1,10 +1,16 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``hil`` command line (argparse).
 
 Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
 
-Commands: ``demo``, ``run``, ``protocols``, ``ls``, ``show``, ``repair``, ``replay``, ``resume``, ``report``,
-``bench`` (forwards to ``tests/benchmarks/bench_emulator.py``) and ``emulate`` (forwards to ``emulator.server``).
-Progress bars go to stderr and only on a terminal; ``--json`` prints one JSON document on stdout.
+Commands: ``demo``, ``run``, ``protocols``, ``ls``, ``show``, ``export``, ``repair``, ``replay``, ``resume``,
+``report``, ``watch``, ``completion``, ``bench`` (forwards to ``tests/benchmarks/bench_emulator.py``) and
+``emulate`` (forwards to ``emulator.server``). Progress bars go to stderr, on a terminal or in a
+notebook; ``--json`` prints one JSON document on stdout. ``hil run`` prints the run file's path on
+stdout (for scripts) and its summary on stderr. Run ids are looked up in ``--runs`` (default
+``$HIL_RUNS``, else the current folder if it holds an index, else ``hil-runs``). Every command a
+message suggests is printed so that it runs as printed. Shell completion (commands, protocols, run
+ids, config keys) comes from argcomplete when it is installed (``hil completion bash``).
 
 Exit codes: 0 ok, 1 run failed, 2 bad input or usage, 3 run aborted (resumable), 4 replay differs
 from the recording, 5 chip could not be opened or reached.
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -24,9 +32,11 @@ from pydantic import ValidationError
 
 from hil.chips import open_chip
 from hil.config import describe_config
-from hil.errors import ChipCommunicationError, HilError, ReplayMismatchError
-from hil.runner import DEFAULT_OUT, RunOptions, RunResult, replay_run, resume_run, run_protocol
+from hil.errors import ChipCommunicationError, HilError, ReplayMismatchError, did_you_mean
+from hil.runner import DEFAULT_OUT, RunInterrupted, RunOptions, RunResult, replay_run, resume_run, run_protocol
 from hil.runs import RunReader, to_json
+from hil.runs.index import RUNS_ENV, default_runs_folder
+from hil.version import __version__, git_revision
 
 #: Exit codes of ``hil`` commands (scripts may rely on them).
 EXIT_OK = 0
@@ -67,10 +77,23 @@ DEMO_STEPS: list[tuple[str, dict[str, Any]]] = [
 EPILOG = "exit codes: " + ", ".join(f"{code} {what}" for code, what in EXIT_CODES.items())
 
 
+def version_text() -> str:
+    """``hil X.Y.Z`` and the git revision of the source tree, when it is a checkout."""
+    rev = git_revision()
+    return f"hil {__version__}" + (f" (git {rev[:12]}{'-dirty' if rev.endswith('-dirty') else ''})" if rev else "")
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with our usage code (2) and a hint."""
+    """argparse that exits with our usage code (2) and a hint (with "did you mean" for a mistyped choice)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        m = _INVALID_CHOICE.search(message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            message += did_you_mean(m.group(1), choices)
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"hil: error: {message} (see `{self.prog} --help`)\n")
 
@@ -82,6 +105,10 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
+def _runs_folder(runs: str | None) -> Path:
+    return Path(runs) if runs else default_runs_folder()
+
+
 def _resolve_run(ref: str, runs: str | None) -> Path:
     """A run file from a path, or a run id / unique prefix looked up in the runs folder."""
     p = Path(ref)
@@ -89,7 +116,36 @@ def _resolve_run(ref: str, runs: str | None) -> Path:
         return p
     from hil.runs import RunIndex
 
-    return RunIndex(runs or DEFAULT_OUT).find(ref)
+    folder = _runs_folder(runs)
+    if not folder.is_dir():
+        raise HilError(
+            f"no run {ref!r}: the runs folder {folder} does not exist; give the folder with --runs DIR "
+            f"(or set ${RUNS_ENV}), or the run file's path."
+        )
+    return RunIndex(folder).find(ref)
+
+
+def _arg(text: str | Path) -> str:
+    """A command-line argument quoted for a POSIX shell when it needs it (hints run as printed)."""
+    return shlex.quote(str(text))
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict) and len(value) <= 8 and all(not isinstance(v, dict | list) for v in value.values()):
+        return "{" + ", ".join(f"{k}: {_value_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list) and len(value) <= 8 and all(isinstance(v, int | float | str) for v in value):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    if isinstance(value, int | str | bool) or value is None:
+        return str(value)
+    return f"({type(value).__name__} of {len(value)})" if hasattr(value, "__len__") else str(value)
+
+
+def summary_lines(summary: dict[str, Any], indent: str = "      ") -> list[str]:
+    """A run's summary as aligned ``key = value`` lines (long lists and nested dicts abbreviated)."""
+    width = max((len(str(k)) for k in summary), default=0)
+    return [f"{indent}{k!s:<{width}} = {_value_text(v)}" for k, v in summary.items()]
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -103,10 +159,27 @@ def _result_text(res: RunResult) -> str:
     return line
 
 
-def _finish(args: argparse.Namespace, res: RunResult) -> int:
+def _telemetry_warning(res: RunResult) -> None:
+    t = res.telemetry
+    if t and (t.get("errors") or t.get("dropped")):
+        print(f"hil: warning: telemetry (best effort): {t.get('published', 0)} messages published, {t.get('dropped', 0)} "
+              f"dropped, {t.get('errors', 0)} connection errors (last: {t.get('last_error') or '-'})", file=sys.stderr)
+
+
+def _finish(args: argparse.Namespace, res: RunResult, *, summary: bool = False) -> int:
     _emit(args, res.to_dict(), _result_text(res))
+    if not args.json:
+        _telemetry_warning(res)
+        if summary and res.status == "success":
+            # The summary goes to stderr: stdout stays the run file's path, for scripts.
+            lines = [f"hil run: {res.protocol} {res.status} in {res.wall_s:.1f} s, {res.n_calls} chip calls, run {res.run_id}"]
+            lines += summary_lines(res.summary)
+            lines.append(f"next: hil show {_arg(res.path)}   |   hil report {_arg(res.path)}   |   hil export {_arg(res.path)}")
+            print("\n".join(lines), file=sys.stderr)
     if res.status != "success" and not args.json:
         print(f"hil: run {res.status}: {res.reason}: {res.message}", file=sys.stderr)
+        if res.status == "abort":
+            print(f"hil: resume it with: hil resume {_arg(res.path)}", file=sys.stderr)
     return res.exit_code
 
 
@@ -126,12 +199,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         config_file=args.config,
         sets=args.set or [],
         seed=args.seed,
-        out=args.out,
+        out=args.out or default_runs_folder(),
         progress=_progress(args),
         telemetry=args.mqtt,
         compression=args.compression,
+        tags=args.tag or [],
+        sample=args.sample,
+        comment=args.comment,
     )
-    return _finish(args, res)
+    return _finish(args, res, summary=True)
 
 
 def cmd_protocols(args: argparse.Namespace) -> int:
@@ -163,23 +239,30 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from hil.runs import RunIndex
+    from hil.runs.catalog import known_keys, select
 
-    index = RunIndex(args.dir)
+    folder = _runs_folder(args.dir)
+    index = RunIndex(folder)
     if args.rebuild:
         index.rebuild()
-    entries = index.entries()
-    if args.protocol:
-        entries = [e for e in entries if e.get("protocol") == args.protocol]
-    if args.status:
-        entries = [e for e in entries if e.get("effective_status") == args.status]
+    all_entries = index.entries()
+    if args.keys:
+        keys = known_keys(all_entries)
+        _emit(args, keys, "\n".join(keys))
+        return EXIT_OK
+    entries = select(all_entries, where=args.where or [], tags=args.tag or [], since=args.since,
+                     protocol=args.protocol, status=args.status)
     if args.limit:
         entries = entries[-args.limit:]
     rows = [f"{'RUN':<44} {'PROTOCOL':<16} {'STATUS':<11} {'STARTED':<24} {'CALLS':>7}  CHIP"]
     for e in entries:
         calls = "" if e.get("n_calls") is None else str(e["n_calls"])
+        extra = "".join(f"  #{t}" for t in e.get("tags") or []) + (f"  sample={e['sample']}" if e.get("sample") else "")
         rows.append(f"{e['run_id']:<44} {e.get('protocol', ''):<16} {e['effective_status']:<11} "
-                    f"{str(e.get('started_at', ''))[:23]:<24} {calls:>7}  {e.get('chip', '')}")
-    _emit(args, entries, "\n".join(rows) if entries else f"(no runs in {args.dir})")
+                    f"{str(e.get('started_at', ''))[:23]:<24} {calls:>7}  {e.get('chip', '')}{extra}")
+    filtered = bool(args.where or args.tag or args.since or args.protocol or args.status)
+    empty = f"(no runs in {folder} match)" if filtered and all_entries else f"(no runs in {folder})"
+    _emit(args, entries, "\n".join(rows) if entries else empty)
     return EXIT_OK
 
 
@@ -215,12 +298,28 @@ def cmd_show(args: argparse.Namespace) -> int:
         + (f"    wall {data['wall_s']:.2f} s" if isinstance(data.get("wall_s"), float) else ""),
         f"chip      {data.get('chip_spec') or '(object)'}  [{data.get('chip_name')}, {data.get('chip_serial')}]",
         f"seed      {data.get('seed')}    resumed {data.get('resume_count', 0)} time(s)",
-        f"config    {json.dumps(data.get('config'))}",
     ]
+    if data.get("tags") or data.get("sample"):
+        lines.append(f"catalogue tags {', '.join(data.get('tags') or []) or '-'}    sample {data.get('sample') or '-'}")
+    if data.get("comment"):
+        lines.append(f"comment   {data['comment']}")
+    if data.get("git_revision"):
+        lines.append(f"source    hil {data.get('versions', {}).get('hil', '?')} at git {data['git_revision']}")
+    station = data.get("station") or {}
+    if station:
+        insts = station.get("instruments", {})
+        lines.append(f"station   {station.get('name', '?')} ({len(insts)} instruments"
+                     + (f", file {data.get('station_file')}" if data.get("station_file") else "") + ")")
+        for name, inst in insts.items():
+            lines.append(f"  {name:<10} {inst.get('idn', '?')}{'  [simulated]' if inst.get('simulated') else ''}")
+    config = data.get("config") or {}
+    lines.append("config:" + ("" if config else " (defaults of an empty model)"))
+    lines += _indented_yaml(config, "  ")
     if data.get("exception_type"):
         lines.append(f"error     {data['exception_type']}: {data.get('exception_message')}")
     if data.get("summary"):
-        lines.append(f"summary   {to_json(data['summary'])}")
+        lines.append("summary:")
+        lines += summary_lines(data["summary"], "  ")
     lines.append("streams:")
     for name, s in data["streams"].items():
         cols = ", ".join(f"{c} {v['dtype']}{tuple(v['shape']) if v['shape'] else ''}" for c, v in s["columns"].items())
@@ -234,6 +333,63 @@ def cmd_show(args: argparse.Namespace) -> int:
         v = data["verified"]
         lines.append(f"verified: {v['datasets']} datasets, {v['bytes'] / 1e6:.2f} MB read back through their checksums")
     _emit(args, data, "\n".join(lines))
+    return EXIT_OK
+
+
+def _indented_yaml(value: dict[str, Any], indent: str) -> list[str]:
+    """A config as indented YAML (short lists on one line), the form a --config file takes."""
+    import yaml
+
+    text = yaml.safe_dump(json.loads(to_json(value)), sort_keys=False, default_flow_style=None, width=110)
+    return [indent + line for line in text.rstrip().splitlines()] if value else []
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hil.runs.export import export_run
+
+    path = _resolve_run(args.run, args.runs)
+    files = export_run(path, args.format, args.out)
+    _emit(args, {"run": str(path), "format": args.format, "files": [str(f) for f in files]}, "\n".join(str(f) for f in files))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import aiomqtt
+
+    from hil.telemetry import MqttSettings, describe_message, watch_runs
+
+    settings = MqttSettings.from_url(args.url)
+
+    def show(run: str, topic: str, payload: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps({"run_id": run, "topic": topic, **payload}, default=str), flush=True)
+        else:
+            print(describe_message(run, topic, payload), flush=True)
+
+    try:
+        final = asyncio.run(watch_runs(settings, show, run_id=args.run, timeout_s=args.timeout))
+    except aiomqtt.MqttError as exc:
+        raise ChipCommunicationError(f"telemetry broker {settings}: {exc}") from exc
+    if args.run is None:
+        return EXIT_OK
+    if final is None:
+        print(f"hil: watch: run {args.run} did not finish within {args.timeout} s", file=sys.stderr)
+        return EXIT_ABORTED
+    state = final.get("state")
+    if state == "offline":
+        return EXIT_ABORTED
+    return exit_code_for(str(state), str(final.get("reason", "")))
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    try:
+        import argcomplete
+    except ImportError:
+        print("hil: error: shell completion needs argcomplete: pip install argcomplete", file=sys.stderr)
+        return EXIT_USAGE
+    print(argcomplete.shellcode(["hil"], shell=args.shell))
     return EXIT_OK
 
 
@@ -280,7 +436,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hil.report import make_report
 
     chip_spec = args.chip or DEMO_CHIP
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_runs_folder()
     t0 = time.perf_counter()
     chip = open_chip(chip_spec, seed=args.seed)
     results: list[dict[str, Any]] = []
@@ -308,15 +464,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lines = [f"hil demo: {len(results)} run(s) on {chip_spec} (seed {args.seed}) in {wall:.1f} s, written to {out}/"]
     for r in results:
         lines.append(f"  {r['protocol']:<16} {r['status']:<8} {r['n_calls']:>6} chip calls  {r['path']}")
-        for key, value in r["summary"].items():
-            if isinstance(value, int | float | str):
-                lines.append(f"      {key} = {value:.4g}" if isinstance(value, float) else f"      {key} = {value}")
-            elif isinstance(value, dict) and len(value) <= 8:
-                shown = ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
-                lines.append(f"      {key} = {{{shown}}}")
+        lines += summary_lines(r["summary"])
         if r.get("plots"):
             lines.append(f"      plots: {Path(r['plots'][0]).parent}/ ({len(r['plots'])} PNG)")
-    lines.append(f"next: hil ls {out}   |   hil show RUN   |   hil replay RUN")
+    if results:
+        last = results[-1]["run_id"]
+        lines.append(f"next: hil ls {_arg(out)}   |   hil show {last} --runs {_arg(out)}   |   "
+                     f"hil replay {last} --runs {_arg(out)}   |   hil export {last} --runs {_arg(out)}")
     _emit(args, {"chip": chip_spec, "seed": args.seed, "out": str(out), "wall_s": wall, "runs": results}, "\n".join(lines))
     return code
 
@@ -345,6 +499,50 @@ def _forward(module: str, argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
 
 
+# ---------------------------------------------------------------------------------------------- completion
+def _complete_protocols(prefix: str, **_: Any) -> list[str]:
+    from hil.protocol import protocols
+
+    return [n for n in protocols() if n.startswith(prefix)]
+
+
+def _complete_runs(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    from hil.runs import RunIndex
+
+    folder = _runs_folder(getattr(parsed_args, "runs", None))
+    try:
+        ids = [e["run_id"] for e in RunIndex(folder).entries(sync=False)]
+    except (HilError, OSError):
+        ids = []
+    return [i for i in ids if i.startswith(prefix)] or [str(p) for p in Path(".").glob(f"{prefix}*.h5")]
+
+
+def _complete_config_keys(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """``KEY=`` for the keys of the protocol already on the command line (nested: ``KEY.SUB=``)."""
+    from hil.protocol import get_protocol
+
+    try:
+        spec = get_protocol(getattr(parsed_args, "protocol", "") or "")
+    except HilError:
+        return []
+    return [f"{k['key']}=" for k in describe_config(spec.config_model) if f"{k['key']}=".startswith(prefix)]
+
+
+def _complete_where(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    from hil.runs import RunIndex
+    from hil.runs.catalog import known_keys
+
+    try:
+        keys = known_keys(RunIndex(_runs_folder(getattr(parsed_args, "dir", None))).entries(sync=False))
+    except (HilError, OSError):
+        return []
+    return [f"{k}=" for k in keys if k.startswith(prefix)]
+
+
+def _completer(action: argparse.Action, fn: Any) -> None:
+    action.completer = fn  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -353,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
         "emulator or the lab chip, log them to HDF5, replay and resume them.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    runs_default = f"${RUNS_ENV}, else . if it holds an index, else {DEFAULT_OUT}"
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
@@ -362,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def progress(p: argparse.ArgumentParser) -> None:
         g = p.add_mutually_exclusive_group()
-        g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+        g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="always show progress bars (default: on a terminal or in a notebook)")
         g.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
 
     def modules(p: argparse.ArgumentParser) -> None:
@@ -370,25 +571,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="import a module or .py file that registers protocols first (repeatable; runs its code)")
 
     def runs(p: argparse.ArgumentParser) -> None:
-        p.add_argument("run", metavar="RUN", help="run file, or run id (prefix) in the --runs folder")
-        p.add_argument("--runs", default=None, help=f"folder to look run ids up in (default {DEFAULT_OUT})")
+        _completer(p.add_argument("run", metavar="RUN", help="run file, or run id (prefix) in the --runs folder"), _complete_runs)
+        p.add_argument("--runs", default=None, metavar="DIR", help=f"folder to look run ids up in (default {runs_default})")
 
     p = add("demo", "run the demo on the emulator: runs and PNG plots into --out, and a short summary")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--out", default=None, help=f"output folder (default {runs_default})")
     p.add_argument("--chip", default=None, help=f"chip spec (default {DEMO_CHIP})")
     p.add_argument("--seed", type=int, default=0, help="seed of the chip and the protocols (default 0)")
     p.add_argument("--no-report", action="store_true", help="skip the PNG plots")
     progress(p)
     p.set_defaults(func=cmd_demo)
 
-    p = add("run", "run a protocol and print the run file's path")
-    p.add_argument("protocol", help="protocol name (see `hil protocols`)")
+    p = add("run", "run a protocol: the run file's path on stdout, its summary on stderr")
+    _completer(p.add_argument("protocol", help="protocol name (see `hil protocols`)"), _complete_protocols)
     p.add_argument("--chip", default="emulator", help="emulator[:PRESET[,cores=N,rows=N,cols=N]] | lab:HOST:PORT | replay:FILE")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML mapping of config keys")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a config key (YAML value; repeatable)")
+    _completer(p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a config key (YAML value; repeatable)"),
+               _complete_config_keys)
     p.add_argument("--seed", type=int, default=None, help="seed (default 0, or the recorded one for replay:)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--mqtt", default=None, metavar="URL", help="publish progress to mqtt://HOST:PORT/PREFIX (best effort)")
+    p.add_argument("--out", default=None, help=f"output folder (default {runs_default})")
+    p.add_argument("--tag", action="append", metavar="TAG", help="label the run for `hil ls --tag` (repeatable)")
+    p.add_argument("--sample", default="", help="the sample or chip under test, as you name it")
+    p.add_argument("--comment", default="", help="free text stored with the run")
+    p.add_argument("--mqtt", default=None, metavar="URL",
+                   help="publish status and progress to mqtt[s]://[USER@]HOST[:PORT][/PREFIX] (best effort; docs/telemetry.md)")
     p.add_argument("--compression", default="auto", choices=["auto", "gzip", "none"],
                    help="deflate datasets: auto (where it saves >= 25%%), gzip (always), none (fastest writes)")
     progress(p)
@@ -396,22 +602,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = add("protocols", "list installed protocols, or one protocol's config keys")
-    p.add_argument("name", nargs="?", help="show this protocol's config keys, defaults and limits")
+    _completer(p.add_argument("name", nargs="?", help="show this protocol's config keys, defaults and limits"),
+               _complete_protocols)
     modules(p)
     p.set_defaults(func=cmd_protocols)
 
     p = add("ls", "list the runs in a folder (from its index; instant with thousands of runs)")
-    p.add_argument("dir", nargs="?", default=DEFAULT_OUT, help=f"runs folder (default {DEFAULT_OUT})")
-    p.add_argument("--protocol", default=None, help="only runs of this protocol")
+    p.add_argument("dir", nargs="?", default=None, help=f"runs folder (default {runs_default})")
+    _completer(p.add_argument("--protocol", default=None, help="only runs of this protocol"), _complete_protocols)
     p.add_argument("--status", default=None, choices=["running", "incomplete", "success", "abort", "fail"])
+    _completer(p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                              help="only runs whose KEY (an index field, config.K, summary.K or a bare config/summary key) "
+                              "compares so (= != < <= > >= ~contains; repeatable, all must hold)"), _complete_where)
+    p.add_argument("--tag", action="append", metavar="TAG", help="only runs with this tag (repeatable, all must be there)")
+    p.add_argument("--since", default=None, metavar="DATE",
+                   help="only runs started at or after DATE (YYYY-MM-DD, ISO date-time, today, yesterday, 12h, 3d)")
+    p.add_argument("--keys", action="store_true", help="list the keys --where can use here")
     p.add_argument("--limit", type=int, default=0, help="only the newest N runs")
     p.add_argument("--rebuild", action="store_true", help="rebuild the index from the run files first")
     p.set_defaults(func=cmd_ls)
 
-    p = add("show", "show a run's metadata, streams, journal and status")
+    p = add("show", "show a run's metadata, config, summary, streams, journal and status")
     runs(p)
     p.add_argument("--verify", action="store_true", help="also read every dataset back through its checksums")
     p.set_defaults(func=cmd_show)
+
+    p = add("export", "write a run's streams as netCDF (one .nc file, a group per stream) or CSV (one file per stream)")
+    runs(p)
+    p.add_argument("--format", default="netcdf", choices=["netcdf", "csv"], help="netcdf (default) or csv")
+    p.add_argument("--out", default=None, help="the .nc file, or the CSV folder (default <run>.nc or <run>-csv/ beside the run)")
+    p.set_defaults(func=cmd_export)
 
     p = add("repair", "clear the open-for-writing flags a killed run left (like h5clear -s), for non-hil HDF5 tools")
     runs(p)
@@ -436,11 +656,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the PNGs (default <run>-report/ beside the run)")
     p.set_defaults(func=cmd_report)
 
+    p = add("watch", "follow live runs' status and progress from their MQTT telemetry (hil run --mqtt URL)")
+    p.add_argument("url", metavar="URL", help="mqtt[s]://[USER@]HOST[:PORT][/PREFIX] (see docs/telemetry.md)")
+    p.add_argument("--run", default=None, metavar="RUN_ID", help="follow only this run, and exit with its exit code when it ends")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_watch)
+
+    p = add("completion", "print the shell code that completes hil commands (eval \"$(hil completion bash)\")")
+    p.add_argument("shell", nargs="?", default="bash", choices=["bash", "zsh", "fish", "tcsh", "powershell"])
+    p.set_defaults(func=cmd_completion)
+
     sub.add_parser("bench", help="emulator benchmarks (tests/benchmarks/bench_emulator.py; try `hil bench --help`)",
                    add_help=False)
     sub.add_parser("emulate", help="serve the emulator as a lab board: hil emulate --host H --port N [...]",
                    add_help=False)
     return parser
+
+
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request (argcomplete sets _ARGCOMPLETE) if argcomplete is installed."""
+    import os
+
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -451,6 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "emulate":
         return _forward("emulator.server", argv[1:])
     parser = build_parser()
+    _autocomplete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
@@ -468,8 +712,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except RunInterrupted as exc:
+        return fail(EXIT_ABORTED, f"interrupted (Ctrl-C); run {exc.result.run_id} is marked 'abort'; resume it with: "
+                    f"hil resume {_arg(exc.result.path)}")
     except KeyboardInterrupt:
-        return fail(EXIT_ABORTED, "interrupted (Ctrl-C); the run is marked 'abort' and can be resumed with `hil resume RUN`.")
+        return fail(EXIT_ABORTED, "interrupted (Ctrl-C); an interrupted run is marked 'abort' and `hil resume RUN_FILE` "
+                    "continues it (`hil ls --status abort` lists them).")
     except ReplayMismatchError as exc:
         return fail(EXIT_MISMATCH, str(exc))
     except ChipCommunicationError as exc:
@@ -503,4 +751,6 @@ __all__ = [
     "build_parser",
     "exit_code_for",
     "main",
+    "summary_lines",
+    "version_text",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hil.errors import ConfigError
+from hil.errors import ConfigError, did_you_mean
 from hil.protocol import ProtocolSpec
 
 
@@ -41,7 +41,8 @@ def format_validation_error(name: str, model: type[BaseModel], exc: ValidationEr
         if err["type"] == "extra_forbidden":
             parent = _model_fields_at(model, err["loc"][:-1])
             valid = ", ".join(parent.model_fields) if parent else "(see hil protocols)"
-            lines.append(f"unknown config key {loc!r}; valid keys: {valid}")
+            hint = did_you_mean(str(err["loc"][-1]), parent.model_fields) if parent else ""
+            lines.append(f"unknown config key {loc!r}{hint}; valid keys: {valid}")
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, dict) else "{...}"
@@ -202,7 +203,8 @@ def resolve_config(
     unknown = [k for k in data if k not in model.model_fields]
     if unknown:
         raise ConfigError(
-            f"unknown config key {unknown[0]!r} for protocol {spec.name!r}; valid keys: {', '.join(model.model_fields)}"
+            f"unknown config key {unknown[0]!r} for protocol {spec.name!r}{did_you_mean(unknown[0], model.model_fields)}; "
+            f"valid keys: {', '.join(model.model_fields)}"
         )
     try:
         return model.model_validate(data)

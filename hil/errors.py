@@ -10,6 +10,14 @@ from typing import Any
 import numpy as np
 
 
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the choices closest to a mistyped ``word``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 class HilError(Exception):
     """Base class of every error this package raises on purpose."""
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from hil.errors import HilError
-from hil.runs.columns import StreamSpec, prepare_rows
+from hil.errors import HilError, did_you_mean
+from hil.runs.columns import StreamSpec, declare_stream, prepare_rows
 
 ProtocolFn = Callable[..., dict[str, Any]]
 #: ``plots(run_file_path, out_dir) -> list[Path]``: a protocol's own figures for ``hil report``.
@@ -53,6 +53,22 @@ class RunLog(ABC):
         Each keyword is a column: a scalar (one row) or an array whose first axis is the rows (all
         columns the same row count). A column's dtype and trailing shape are fixed by its first
         rows. Large arrays (conductance maps, MVM batches) are stored as arrays.
+        """
+
+    def declare(  # noqa: B027 - optional for run logs that keep no metadata
+        self,
+        stream: str,
+        *,
+        units: dict[str, str] | None = None,
+        long_names: dict[str, str] | None = None,
+        dims: dict[str, tuple[str, ...]] | None = None,
+        x: str | None = None,
+    ) -> None:
+        """Describe ``stream``'s columns before its first ``log``: ``units`` and ``long_names``
+        (column -> text, e.g. ``{"amplitude_ua": "uA"}``), ``dims`` (column -> names of its per-row
+        axes, e.g. ``{"counts": ("core", "col")}``; columns sharing a name share the axis) and ``x``
+        (the scalar column the rows are plotted against). Stored as attributes and HDF5 dimension
+        scales in the run file; ``RunReader.to_xarray``, ``hil export`` and ``hil report`` use them.
         """
 
     def progress(self, done: int, total: int | None = None, desc: str = "") -> None:  # noqa: B027
@@ -116,6 +132,13 @@ class MemoryRunLog(RunLog):
     @property
     def seed(self) -> int:
         return self._seed
+
+    def declare(self, stream: str, **declaration: Any) -> None:  # type: ignore[override]
+        self._specs[stream] = declare_stream(stream, self._specs.get(stream), **declaration)
+
+    def spec(self, stream: str) -> StreamSpec:
+        """The stream's columns, declaration and dimension names (as a run file would store them)."""
+        return self._specs[stream]
 
     def log(self, stream: str, **columns: Any) -> None:
         spec, arrays, n_rows = prepare_rows(stream, columns, self._specs.get(stream))
@@ -230,7 +253,9 @@ def get_protocol(name: str) -> ProtocolSpec:
     if name not in known and name in _BROKEN:
         raise UnknownProtocolError(f"protocol {name!r} is installed but failed to import: {_BROKEN[name]}")
     if name not in known:
-        raise UnknownProtocolError(f"unknown protocol {name!r}; valid protocols: {', '.join(known) or '(none)'}")
+        raise UnknownProtocolError(
+            f"unknown protocol {name!r}{did_you_mean(name, known)}; valid protocols: {', '.join(known) or '(none)'}"
+        )
     return known[name]
 
 

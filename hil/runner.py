@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import hil
 from hil.chip import Chip
@@ -61,16 +61,23 @@ from hil.protocol import (
     source_hint,
 )
 from hil.replay import ReplayChip, reexecute_journal
-from hil.runs.index import RunIndex, entry_from_attrs
+from hil.runs.index import DEFAULT_OUT, RunIndex, entry_from_attrs
 from hil.runs.metadata import RunStart, RunStop, now_iso
 from hil.runs.reader import RunReader
 from hil.runs.writer import RunWriter
-
-DEFAULT_OUT = "hil-runs"
+from hil.version import git_revision
 
 
 class RunTerminated(BaseException):
     """Raised in the main thread when the process gets SIGTERM during a run."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a run: it is recorded as ``abort`` and can be resumed; ``result`` says where."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(f"run {result.run_id} interrupted; resume it with `hil resume {result.path}`")
+        self.result = result
 
 
 class RunOptions(BaseModel):
@@ -89,10 +96,25 @@ class RunOptions(BaseModel):
     preceded_by: Sequence[str | os.PathLike[str]] = Field(
         (), description="earlier run files that used the same chip object (re-executed first on resume)"
     )
-    flush_interval_s: float | None = Field(None, ge=0.01, le=1.0, description="writer flush interval [s] (default 0.5)")
+    flush_interval_s: float | None = Field(None, ge=0.01, le=1.0, description="writer flush interval [s] (default 0.25)")
     compression: Literal["auto", "gzip", "none"] = Field(
         "auto", description="deflate datasets: auto (where a trial saves a quarter), gzip (always), none"
     )
+    tags: Sequence[str] = Field((), description="labels for finding the run later (hil ls --tag, hil.catalog)")
+    sample: str = Field("", max_length=200, description="the sample or chip under test, as you name it")
+    comment: str = Field("", max_length=4000, description="free text about the run")
+    station: Any = Field(
+        None, description="the lab station (drivers.station.Station) whose snapshot the run records; "
+        "default: the chip's own station (a chip from Station.chip() knows it)"
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: Sequence[str]) -> Sequence[str]:
+        for tag in value:
+            if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/+\-]{0,63}", tag):
+                raise ValueError(f"tag {tag!r}: use 1-64 letters, digits and _ . : / + - (no spaces), starting alphanumeric")
+        return list(dict.fromkeys(value))
 
 
 def _options(options: RunOptions | None, kwargs: dict[str, Any]) -> RunOptions:
@@ -141,6 +163,8 @@ class RunResult:
     n_calls: int = 0
     wall_s: float = 0.0
     error: BaseException | None = field(default=None, repr=False)
+    #: Best-effort telemetry of the run: messages published, dropped, errors and the last error (None: no telemetry).
+    telemetry: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -154,7 +178,7 @@ class RunResult:
             "path": str(self.path), "run_id": self.run_id, "protocol": self.protocol, "status": self.status,
             "reason": self.reason, "exception_type": self.exception_type, "message": self.message,
             "summary": self.summary, "n_calls": self.n_calls, "wall_s": round(self.wall_s, 3),
-            "exit_code": self.exit_code,
+            "exit_code": self.exit_code, **({"telemetry": self.telemetry} if self.telemetry is not None else {}),
         }
 
     def raise_for_status(self) -> RunResult:
@@ -186,8 +210,24 @@ def failure_reason(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- run log
+def interactive_output() -> bool:
+    """Whether progress is worth showing: stderr is a terminal, or this runs in a Jupyter kernel."""
+    if "ipykernel" in sys.modules:
+        with contextlib.suppress(Exception):
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            if shell is not None and getattr(shell, "kernel", None) is not None:
+                return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class _ProgressBar:
-    """tqdm bars on stderr: on when ``enabled`` is True, off when False, only on a terminal when None."""
+    """tqdm.auto bars (widgets in a notebook, text on stderr elsewhere): on when ``enabled`` is
+    True, off when False; when None, on a terminal or in a Jupyter kernel."""
 
     def __init__(self, enabled: bool | None) -> None:
         self.enabled = enabled
@@ -197,12 +237,19 @@ class _ProgressBar:
     def update(self, done: int, total: int | None, desc: str) -> None:
         if self.enabled is False:
             return
+        if self.enabled is None:
+            self.enabled = interactive_output()
+            if not self.enabled:
+                return
         if self.bar is None or self.key != (total, desc):
-            from tqdm import tqdm
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tqdm.auto's "IProgress not found" without ipywidgets
+                from tqdm.auto import tqdm
 
             self.close()
-            self.bar = tqdm(total=total, desc=desc or None, disable=None if self.enabled is None else False,
-                            file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc or None, disable=False, file=sys.stderr, leave=False, dynamic_ncols=True)
             self.key = (total, desc)
         step = int(done) - self.bar.n
         if step:
@@ -238,6 +285,9 @@ class EngineRunLog(RunLog):
 
     def log(self, stream: str, **columns: Any) -> None:
         self.writer.log(stream, **columns)
+
+    def declare(self, stream: str, **declaration: Any) -> None:  # type: ignore[override]
+        self.writer.declare(stream, **declaration)
 
     def progress(self, done: int, total: int | None = None, desc: str = "") -> None:
         self.last_progress = (done, total, desc)
@@ -393,6 +443,8 @@ def _execute(plan: _Plan) -> RunResult:
     if plan.telemetry is not None:
         plan.telemetry.finished(res.to_dict())
         plan.telemetry.close()
+        stats = getattr(plan.telemetry, "stats", None)
+        res.telemetry = stats() if callable(stats) else None
     signals.redeliver()
     return res
 
@@ -437,8 +489,29 @@ def _start_document(
         geometry=chip.geometry.model_dump(),
         versions=_versions(),
         command=redact_command(sys.argv),
+        git_revision=git_revision(),
         **extra,
     )
+
+
+def station_fields(station: Any, chip: Chip) -> dict[str, Any]:
+    """``station``, ``station_file`` and ``station_yaml`` of a run's start document: the snapshot
+    of ``station`` (or of the chip's own ``station``), the station file's path and text."""
+    station = station if station is not None else getattr(chip, "station", None)
+    if station is None:
+        return {}
+    if isinstance(station, dict):
+        return {"station": station}
+    snapshot = getattr(station, "snapshot", None)
+    if not callable(snapshot):
+        raise ConfigError(f"station={station!r} has no snapshot(); pass a drivers.station.Station or a dict.")
+    out: dict[str, Any] = {"station": snapshot()}
+    path = getattr(station, "path", None)
+    if path:
+        out["station_file"] = str(path)
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            out["station_yaml"] = Path(path).read_text(encoding="utf-8")[:1_000_000]
+    return out
 
 
 def _check_inputs(spec: ProtocolSpec, config: BaseModel, chip: Chip, inputs: Mapping[str, Any]) -> None:
@@ -552,6 +625,8 @@ def run_protocol(
             chip_seed=int(chip_seed),
             preceded_by=[str(Path(p).name) for p in opts.preceded_by],
             replay_of=chip_obj.reader.run_id if isinstance(chip_obj, ReplayChip) else "",
+            tags=list(opts.tags), sample=opts.sample, comment=opts.comment,
+            **station_fields(opts.station, chip_obj),
         )
         extra: dict[str, Any] = {"flush_interval_s": opts.flush_interval_s} if opts.flush_interval_s else {}
         writer = RunWriter(path, start, compression=opts.compression, inputs=inputs, **extra)
@@ -562,7 +637,7 @@ def run_protocol(
         if owns_chip:
             chip_obj.close()
     if result.status == "abort" and result.reason == "keyboard_interrupt":
-        raise KeyboardInterrupt
+        raise RunInterrupted(result)
     return result
 
 
@@ -694,7 +769,7 @@ def _resume(
     finally:
         reader.close()
     if result.status == "abort" and result.reason == "keyboard_interrupt":
-        raise KeyboardInterrupt
+        raise RunInterrupted(result)
     return result
 
 
@@ -728,6 +803,7 @@ def replay_run(
 __all__ = [
     "DEFAULT_OUT",
     "EngineRunLog",
+    "RunInterrupted",
     "RunOptions",
     "RunResult",
     "RunTerminated",

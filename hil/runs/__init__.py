@@ -7,7 +7,9 @@
 * :mod:`hil.runs.writer`: :class:`RunWriter`, crash-safe, with its flush thread;
 * :mod:`hil.runs.reader`: :class:`RunReader` and :class:`Journal`;
 * :mod:`hil.runs.liveness`: whether a run's writer process is alive;
-* :mod:`hil.runs.index`: :class:`RunIndex`, the per-folder index behind ``hil ls``.
+* :mod:`hil.runs.index`: :class:`RunIndex`, the per-folder index behind ``hil ls``;
+* :mod:`hil.runs.catalog`: the filters of ``hil ls --where/--tag/--since`` and :func:`catalog` (a DataFrame);
+* :mod:`hil.runs.export`: streams to xarray, pandas, netCDF and CSV (``RunReader.to_xarray``, ``hil export``).
 """
 
 from hil.errors import LayoutVersionError, RunFileError, RunLogError
@@ -20,6 +22,9 @@ _LAZY = {
     "LAYOUT_NAME": "hil.runs.layout",
     "LAYOUT_VERSION": "hil.runs.layout",
     "LIBVER": "hil.runs.layout",
+    "catalog": "hil.runs.catalog",
+    "default_runs_folder": "hil.runs.index",
+    "StreamInfo": "hil.runs.reader",
     "Journal": "hil.runs.reader",
     "JournalCall": "hil.runs.reader",
     "RunReader": "hil.runs.reader",
@@ -59,6 +64,9 @@ __all__ = [
     "RunStop",
     "RunWriter",
     "Status",
+    "StreamInfo",
+    "catalog",
+    "default_runs_folder",
     "now_iso",
     "read_attrs",
     "repair",

@@ -27,6 +27,21 @@ from hil.runs.reader import read_attrs
 
 INDEX_NAME = "hil-index.jsonl"
 LOCK_NAME = ".hil-index.lock"
+#: Where runs go and are looked up when no folder is given (and $HIL_RUNS is not set).
+DEFAULT_OUT = "hil-runs"
+#: Environment variable naming the runs folder of ``hil`` commands.
+RUNS_ENV = "HIL_RUNS"
+
+
+def default_runs_folder() -> Path:
+    """The runs folder when none is given: ``$HIL_RUNS``, else the current folder if it holds an
+    index (you are in a runs folder), else ``hil-runs``."""
+    env = os.environ.get(RUNS_ENV, "").strip()
+    if env:
+        return Path(env)
+    if Path(INDEX_NAME).is_file():
+        return Path(".")
+    return Path(DEFAULT_OUT)
 #: Keys an index entry may carry (all optional except run_id and file): the fields of IndexEntry.
 ENTRY_KEYS: tuple[str, ...] = tuple(IndexEntry.model_fields)
 
@@ -96,7 +111,10 @@ class RunIndex:
         ``sync`` first indexes ``*.h5`` files of the folder that the index does not know.
         """
         if not self.folder.is_dir():
-            raise HilError(f"{self.folder} is not a folder; give the folder runs were written to (--out).")
+            raise HilError(
+                f"{self.folder} is not a folder of runs (no such folder); name the folder the runs were written to "
+                f"(`hil run --out DIR`), e.g. `hil ls DIR` or `hil show RUN --runs DIR`, or set ${RUNS_ENV}."
+            )
         merged = self._read()
         names = {e.name for e in os.scandir(self.folder) if e.name.endswith(".h5") and e.is_file()}
         if sync:

@@ -19,6 +19,10 @@ LAYOUT_VERSION = 1
 #: HDF5 1.10 file format: the oldest that supports SWMR, and what Debian's hdf5-tools (1.10.8) read.
 LIBVER = ("v110", "v110")
 NOTE_BYTES = 1024
+#: Group of the netCDF-4 view of the streams (``/netcdf/<stream>``: hard links and dimension scales).
+NETCDF_GROUP = "netcdf"
+#: The NAME of a dimension scale that holds no data (netCDF-4's own marker).
+NOT_A_VARIABLE = b"This is a netCDF dimension but not a netCDF variable."
 
 #: Chip operations the journal records, with their enum code (fixed by layout version 1).
 JOURNAL_OPS: dict[str, int] = {op.name: op.code for op in OPS.values()}

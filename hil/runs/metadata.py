@@ -180,6 +180,15 @@ class RunStart(_Document):
     pid: int = Field(0, description="process id of the writer")
     started_at: str = Field("", description="UTC ISO-8601 start time")
     started_unix: float = Field(0.0, description="start time [s, unix]")
+    tags: list[str] = Field(default_factory=list, description="labels for finding the run (hil run --tag)")
+    sample: str = Field("", description="the sample or chip under test, as the user names it (hil run --sample)")
+    comment: str = Field("", description="free text about the run (hil run --comment)")
+    git_revision: str = Field("", description="commit of hil's source tree when it is a git checkout (-dirty: changed)")
+    station: dict[str, Any] = Field(
+        default_factory=dict, description="lab runs: the station's snapshot at start (each instrument's identity and settings)"
+    )
+    station_file: str = Field("", description="lab runs: the station file's path")
+    station_yaml: str = Field("", description="lab runs: the station file's text")
 
 
 class RunStop(_Document):
@@ -220,6 +229,13 @@ class IndexEntry(BaseModel):
     n_calls: int | None = None
     wall_s: float | None = None
     replay_of: str = ""
+    tags: list[str] = Field(default_factory=list)
+    sample: str = ""
+    comment: str = ""
+    #: The config's scalar values (nested keys joined with "."), for ``hil ls --where``.
+    config: dict[str, Any] = Field(default_factory=dict)
+    #: The summary's scalar values (nested keys joined with "."), once the run has stopped.
+    summary: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], file_name: str) -> IndexEntry:
@@ -243,4 +259,27 @@ class IndexEntry(BaseModel):
             n_calls=stop.n_calls if stopped else None,
             wall_s=stop.wall_s if stopped else None,
             replay_of=start.replay_of,
+            tags=start.tags,
+            sample=start.sample,
+            comment=start.comment[:500],
+            config=scalars(start.config),
+            summary=scalars(stop.summary) if stopped else {},
         )
+
+
+#: Most scalar entries ``scalars`` keeps (an index line stays small).
+MAX_SCALARS = 200
+
+
+def scalars(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The scalar values of a nested dict (numbers, booleans, short strings), nested keys joined with "."."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{name}."))
+        elif isinstance(value, bool | int | float) or value is None or (isinstance(value, str) and len(value) <= 200):
+            out[name] = value
+        if len(out) >= MAX_SCALARS:
+            break
+    return dict(list(out.items())[:MAX_SCALARS])

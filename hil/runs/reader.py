@@ -9,6 +9,7 @@ into :class:`hil.errors.RunFileError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -84,6 +85,30 @@ def lookup3(data: bytes, initval: int = 0) -> int:
     return c
 
 
+#: File-locking settings tried in turn for a read-only open. HDF5 refuses to open a file twice in
+#: one process with different locking settings ("file locking flag values don't match"), and the
+#: first handle may be anyone's: plain h5py and xarray use HDF5's default (``None``), hil's writer
+#: ``False``. The default comes first so that a later plain ``h5py.File(path)`` in this process
+#: also works while a RunReader holds the file; ``False`` last also reads a file whose lock is
+#: taken by another process's writer or that sits on a file system without locks.
+LOCKING_MODES: tuple[bool | str | None, ...] = (None, False, True, "best-effort")
+
+
+def open_matching_lock(path: Path, **kwargs: Any) -> h5py.File:
+    """``h5py.File(path, "r")`` with the first locking setting HDF5 accepts (see :data:`LOCKING_MODES`)."""
+    first: BaseException | None = None
+    for mode in LOCKING_MODES:
+        try:
+            return h5py.File(path, "r", locking=mode, **kwargs)
+        except OSError as exc:
+            text = str(exc).lower()
+            if "lock" not in text:  # not a locking problem: damaged, missing, busy
+                raise
+            first = first or exc
+    assert first is not None
+    raise first
+
+
 def _open_h5(path: Path) -> h5py.File:
     if not path.exists():
         raise RunFileError(f"{path}: no such file. Give the path of a .h5 run file (see `hil ls`).")
@@ -117,7 +142,7 @@ def _open_h5(path: Path) -> h5py.File:
         try:
             if flags:
                 return h5py.File(FlagsClearedView(path), "r", locking=False)
-            return h5py.File(path, "r", locking=False)
+            return open_matching_lock(path)
         except _H5_ERRORS as exc:
             error = str(exc)
         if time.monotonic() > deadline:
@@ -259,6 +284,27 @@ def _superblock(path: Path) -> tuple[int | None, int, bool]:
     base = int.from_bytes(sb[12:20], "little")
     valid = lookup3(sb[:44]) == int.from_bytes(sb[44:48], "little")
     return base + int.from_bytes(sb[28:36], "little"), sb[11] & 0x05, valid  # bit 0: write, bit 2: SWMR write
+
+
+def _text_attr(attrs: Any, key: str) -> str:
+    value = decode_attr(attrs.get(key, ""))
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A stream's declaration as a reader sees it (see :meth:`RunReader.stream_info`)."""
+
+    units: dict[str, str]
+    long_names: dict[str, str]
+    dims: dict[str, tuple[str, ...]]
+    row_dim: str = "row"
+    x: str | None = None
+
+    def label(self, column: str) -> str:
+        """An axis label: the long name (or the column name) and the units in brackets."""
+        text = self.long_names.get(column, column)
+        return f"{text} [{self.units[column]}]" if column in self.units else text
 
 
 @dataclass(frozen=True)
@@ -446,7 +492,7 @@ class RunReader:
         against the writer's appends) instead of through the flags-cleared view."""
         if _superblock(self.path)[1] and self.effective_status == "running":
             try:
-                f = h5py.File(self.path, "r", locking=False, swmr=True)
+                f = open_matching_lock(self.path, swmr=True)
             except _H5_ERRORS:
                 return  # the view opened; keep it
             self._f.close()
@@ -615,6 +661,58 @@ class RunReader:
 
     def column(self, stream: str, name: str) -> np.ndarray:
         return self.stream(stream, meta=name.startswith("_"))[name]
+
+    @_guarded
+    def stream_info(self, stream: str) -> StreamInfo:
+        """What ``run.declare`` said about ``stream``: units, long names, dimension names, x column.
+
+        Files without declarations (older ones, undeclared streams) get the defaults: no units, row
+        dimension ``row``, per-row axes ``<column>_dim<k>``.
+        """
+        g = self._stream_group(stream)
+        cols = self.columns(stream)
+        row_dim = _text_attr(g.attrs, "row_dim") or ("_row" if "row" in cols else "row")
+        x = _text_attr(g.attrs, "x")
+        units: dict[str, str] = {}
+        long_names: dict[str, str] = {}
+        dims: dict[str, tuple[str, ...]] = {}
+        for name in [*cols, "_t_wall", "_call"]:
+            if name not in g:
+                continue
+            ds = g[name]
+            if u := _text_attr(ds.attrs, "units"):
+                units[name] = u
+            if ln := _text_attr(ds.attrs, "long_name"):
+                long_names[name] = ln
+            declared: Any = None
+            raw = _text_attr(ds.attrs, "dims")
+            if raw and len(raw) <= 65536:
+                with contextlib.suppress(ValueError):
+                    declared = json.loads(raw)
+            ndim = ds.ndim - 1
+            if (isinstance(declared, list) and len(declared) == ndim + 1 and all(isinstance(d, str) for d in declared)
+                    and len(set(declared)) == len(declared)):
+                dims[name] = tuple(declared[1:])
+            else:
+                dims[name] = tuple(f"{name}_dim{k + 1}" for k in range(ndim))
+        return StreamInfo(units=units, long_names=long_names, dims=dims, row_dim=row_dim,
+                          x=x if x in cols else None)
+
+    def to_xarray(self, stream: str) -> Any:
+        """``stream`` as an ``xarray.Dataset``: one variable per column (values as :meth:`stream`
+        returns them) on the row dimension and the declared per-row dimensions, with ``units`` and
+        ``long_name`` attributes; ``_t_wall``, ``_call`` and the declared x column are coordinates."""
+        from hil.runs.export import stream_to_xarray
+
+        return stream_to_xarray(self, stream)
+
+    def to_dataframe(self, stream: str) -> Any:
+        """``stream`` as a ``pandas.DataFrame``, one row per logged row: scalar columns as they are,
+        per-row arrays spread over columns ``name[i]`` / ``name[i,j]`` (C order), then ``_t_wall`` and
+        ``_call``. Units are in ``df.attrs["units"]``."""
+        from hil.runs.export import stream_to_dataframe
+
+        return stream_to_dataframe(self, stream)
 
     # ------------------------------------------------------------------ inputs
     @_guarded

@@ -30,8 +30,18 @@ import numpy as np
 
 from hil.errors import RunFileError
 from hil.ops import OPS
-from hil.runs.columns import StreamSpec, prepare_rows
-from hil.runs.layout import CALL_DTYPE, ERROR_DTYPE, LAYOUT_NAME, LAYOUT_VERSION, LIBVER, NOTE_BYTES, NOTE_DTYPE
+from hil.runs.columns import StreamSpec, declare_stream, prepare_rows
+from hil.runs.layout import (
+    CALL_DTYPE,
+    ERROR_DTYPE,
+    LAYOUT_NAME,
+    LAYOUT_VERSION,
+    LIBVER,
+    NETCDF_GROUP,
+    NOT_A_VARIABLE,
+    NOTE_BYTES,
+    NOTE_DTYPE,
+)
 from hil.runs.metadata import RunStart, RunStop, now_iso
 
 #: Background flush interval (s): rows logged reach the file within about twice this.
@@ -95,6 +105,41 @@ def _chunks(trailing: tuple[int, ...], itemsize: int, first_rows: int) -> tuple[
 
 
 
+
+
+def write_netcdf_view(f: h5py.File, stream: str, spec: StreamSpec, names: list[str]) -> None:
+    """``/netcdf/<stream>``: hard links to the stream's datasets plus HDF5 dimension scales, so
+    netCDF-4 readers (``xarray.open_dataset(path, group="netcdf/<stream>", engine="h5netcdf")``) see
+    named dimensions. The scales hold no data ("a netCDF dimension but not a netCDF variable"); the
+    row dimension is unlimited, so its length is that of the datasets. Nothing under ``/streams``
+    changes, so readers of layout 1 read the file as before.
+    """
+    src = f[f"streams/{stream}"]
+    g = f.require_group(NETCDF_GROUP).create_group(stream)
+    g.attrs["stream"] = stream
+    g.attrs["run_id"] = str(f.attrs.get("run_id", ""))
+    scales: dict[str, h5py.Dataset] = {}
+
+    def scale(name: str, size: int | None) -> h5py.Dataset:
+        if name not in scales:
+            if size is None:
+                ds = g.create_dataset(name, shape=(0,), maxshape=(None,), dtype="<f4", chunks=(1,))
+            else:
+                ds = g.create_dataset(name, shape=(size,), dtype="<f4")
+            ds.make_scale(NOT_A_VARIABLE.decode() + f"{0 if size is None else size:10d}")
+            scales[name] = ds
+        return scales[name]
+
+    row = scale(spec.row_dim, None)
+    coords = " ".join(c for c in (spec.declared.x, "_t_wall", "_call") if c)
+    for name in names:
+        ds = src[name]
+        g[name] = ds
+        ds.dims[0].attach_scale(row)
+        for axis, (dim, size) in enumerate(zip(spec.dims.get(name, ()), ds.shape[1:], strict=True), start=1):
+            ds.dims[axis].attach_scale(scale(dim, int(size)))
+        if name in spec.columns and name != spec.declared.x:
+            ds.attrs["coordinates"] = coords
 
 
 def array_sha256(arr: np.ndarray) -> str:
@@ -263,6 +308,7 @@ class RunWriter:
         self._series: dict[str, _Series] = {}
         self._group_attrs: dict[str, dict[str, Any]] = {}
         self._streams: dict[str, StreamSpec] = {}
+        self._views_pending: list[str] = []  # streams whose netCDF view is written with their datasets
         self._op_rows = dict.fromkeys(OPS, 0)
         self._op_series: dict[str, tuple[_Series, dict[str, _Series]]] = {}
         self._n_calls = 0
@@ -290,22 +336,40 @@ class RunWriter:
         spec = self._streams.get(stream)
         return spec.n_rows if spec else 0
 
+    def declare(self, stream: str, **declaration: Any) -> None:
+        """Units, long names, per-row dimension names and the x column of a stream, before its first
+        rows (see :meth:`hil.RunLog.declare`)."""
+        self._raise_if_failed()
+        with self._cond:
+            self._streams[stream] = declare_stream(stream, self._streams.get(stream), **declaration)
+
     def log(self, stream: str, **columns: Any) -> None:
         """Append rows to ``stream`` (see :meth:`hil.RunLog.log` for the rules)."""
         self._raise_if_failed()
         with self._cond:
             known = self._streams.get(stream)
             spec, converted, n_rows = prepare_rows(stream, columns, known)
-            if known is None:
+            if known is None or not known.columns:
+                decl = spec.declared
                 for name, (dtype, shape) in spec.columns.items():
-                    attrs = {"encoding": "utf-8"} if dtype.kind == "S" else {}
+                    # `_Encoding`: how netCDF readers (xarray) know these bytes are UTF-8 text.
+                    attrs: dict[str, Any] = {"encoding": "utf-8", "_Encoding": "utf-8"} if dtype.kind == "S" else {}
+                    if name in decl.units:
+                        attrs["units"] = decl.units[name]
+                    if name in decl.long_names:
+                        attrs["long_name"] = decl.long_names[name]
+                    attrs["dims"] = json.dumps([spec.row_dim, *spec.dims[name]])
                     self._new_series(f"streams/{stream}/{name}", dtype, shape, row_mode=False, attrs=attrs)
                 self._new_series(f"streams/{stream}/_t_wall", "<f8", row_mode=False, attrs={"units": "s (unix time)"})
                 self._new_series(
                     f"streams/{stream}/_call", "<u8", row_mode=False, attrs={"meaning": "journal calls before the row"}
                 )
-                self._group_attrs[f"streams/{stream}"] = {"columns": json.dumps(list(spec.columns))}
+                group = {"columns": json.dumps(list(spec.columns)), "row_dim": spec.row_dim}
+                if decl.x is not None:
+                    group["x"] = decl.x
+                self._group_attrs[f"streams/{stream}"] = group
                 self._streams[stream] = spec
+                self._views_pending.append(stream)
             for name, arr in converted.items():
                 # Copy: the protocol may change its array after logging it.
                 self._push_block(f"streams/{stream}/{name}", np.array(arr, copy=True))
@@ -572,6 +636,7 @@ class RunWriter:
             for series, segments in batch:
                 if not series.created:
                     self._create(f, series, segments[0])
+            self._write_views(f)
             f.swmr_mode = True
             for series, segments in batch:
                 ds = f[series.path]
@@ -587,6 +652,14 @@ class RunWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _write_views(self, f: h5py.File) -> None:
+        """The netCDF-4 view of streams whose datasets exist now (before SWMR mode: it adds objects)."""
+        for stream in list(self._views_pending):
+            names = [*self._streams[stream].columns, "_t_wall", "_call"]
+            if all(self._series[f"streams/{stream}/{n}"].created for n in names):
+                write_netcdf_view(f, stream, self._streams[stream], names)
+                self._views_pending.remove(stream)
 
     def _create(self, f: h5py.File, series: _Series, data: np.ndarray) -> None:
         itemsize = series.dtype.itemsize

@@ -8,7 +8,7 @@
   inputs beyond it clip at 127 PWM LSB. ``input_range='search'`` instead keeps, per tile, the
   candidate percentile whose chip output (after programming) is closest to the float output on the
   calibration activations (see :meth:`protocols.deploy.model.DeployedModel.search_input_ranges`).
-  K is not published ([PTO24]; hermes-chip.md section 6): 99.99 is this project's default (ASSUMPTION).
+  K is not published ([PTO24], docs/references.md): 99.99 is this project's default (ASSUMPTION).
 * **Conductance range per column**: with the calibration inputs as PWM codes, the largest 4-phase
   window current of each column (``v_read sum_r x_r G_rc / 127``, as
   :func:`protocols.mapping.bitline_currents_ua`) has mean mu and std sigma over the non-zero

@@ -19,6 +19,7 @@ from hil.journal import RecordingChip
 from hil.replay import ReplayChip
 from hil.runs import LAYOUT_VERSION, LayoutVersionError, RunFileError, RunLogError, RunReader, RunWriter
 from tests.hil.conftest import sha256
+from tests.hil.system_tools import require
 
 GEO = Geometry(n_cores=2, n_rows=16, n_cols=16)
 
@@ -205,8 +206,7 @@ def test_a_killed_writer_leaves_a_readable_incomplete_file(tmp_path: Path) -> No
         assert rows["i"].tolist() == list(range(50))
         assert rows["v"][-1].tolist() == [49] * 8
     # the standard tools open it too (the file is closed between flushes)
-    if shutil.which("h5ls") is None:
-        pytest.skip("h5ls is not installed (apt-get install hdf5-tools)")
+    require("h5ls")
     assert subprocess.run(["h5ls", "-r", str(path)], capture_output=True).returncode == 0
 
 
@@ -298,8 +298,7 @@ def test_corruption_anywhere_is_reported_never_read_as_wrong_data(tmp_path: Path
 
 
 def test_h5ls_and_h5dump_read_a_run_file(tmp_path: Path) -> None:
-    if not shutil.which("h5ls") or not shutil.which("h5dump"):
-        pytest.skip("hdf5-tools (h5ls, h5dump) are not installed")
+    require("h5ls", "h5dump")
     path = tmp_path / "tools.h5"
     _make_run(path)
     ls = subprocess.run(["h5ls", "-r", str(path)], capture_output=True, text=True)
