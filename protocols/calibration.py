@@ -307,6 +307,8 @@ def calibration_protocol(chip: Chip, config: CalibrationConfig, run: RunLog) -> 
     out["after"] = _log_err(run, "after", 0.0, _errors(chip, cores, targets, x_eval, "ldpu", cal.out_scale), cores)
     gdc = GlobalDriftCompensation.record(chip, cores, run.rng("gdc"), config.gdc_inputs)
     drift: list[dict[str, Any]] = []
+    run.declare("gdc", x="time_s", units={"time_s": "s", "alpha": "1"},
+                long_names={"time_s": "time after calibration", "alpha": "global drift compensation factor"})
     for t in times:
         chip.sleep(max(0.0, t0 + t - chip.now()))
         chip.set_ldpu(cores, gdc.base_scale, gdc.base_offset)

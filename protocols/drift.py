@@ -162,6 +162,10 @@ def measure_drift(chip: Chip, config: DriftConfig, run: RunLog | None = None) ->
     c, r, k = (a.reshape(-1) for a in np.meshgrid(cores, np.arange(g.n_rows), np.arange(g.n_cols), indexing="ij"))
     reads = np.zeros((times.size, c.size))
     actual = np.zeros(times.size)
+    run.declare("drift_reads", x="time_s", units={"time_s": "s", "scheduled_s": "s", "counts": "counts"},
+                long_names={"time_s": "time after programming", "scheduled_s": "scheduled read time",
+                            "counts": "mean verify read"},
+                dims={"counts": ("core_sel", "row", "col")})
     for i, t in enumerate(times):
         wait = t_prog + t - chip.now()
         chip.sleep(max(0.0, wait))
