@@ -19,6 +19,9 @@ CASES: dict[str, tuple[str, dict[str, Any] | None]] = {
     "calibration": (FAKE, None),
     "drift": (FAKE, None),
     "gdp": (SMALL_EMULATOR, None),  # fits a programming curve: needs the emulator's device physics
+    "attack": ("emulator:hermes,cores=4,rows=64,cols=64",
+               {"samples": 20, "repeats": 1, "attacks": {"pgd": {"iterations": [1], "magnitudes": [0.1]}},
+                "hil": {"refit_every": 2, "n_mvm": 100}}),
     "infer": ("emulator:hermes,cores=4,rows=64,cols=64",
               {"drift_times_s": [3600.0], "test_samples": 40, "error_samples": 8, "program_verify": {"max_iterations": 8}}),
 }
