@@ -39,6 +39,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -221,10 +222,30 @@ class LabChip(Chip):
         behind the board has the seed it was started with (``hil emulate --seed``). A different
         one is logged as a warning.
         """
+        if spec.startswith("station="):
+            return cls._from_station(spec.partition("=")[2])
         chip = cls(spec, **kwargs)
         remote_seed = chip._remote_info.details.get("seed")
         if seed is not None and remote_seed is not None and int(remote_seed) != int(seed):
             log.warning("lab chip %s: requested seed %s, but the board's emulator runs seed %s", spec, seed, remote_seed)
+        return chip
+
+    @classmethod
+    def _from_station(cls, path: str) -> LabChip:
+        """``lab:station=FILE``: connect the station of a station file (instruments read back, limits set)
+        and return its board's chip; closing the chip closes the station (outputs off, simulators stopped).
+        Runs on it record the station's snapshot and file. Give an absolute path so `hil resume` finds it."""
+        from drivers.station import Station
+
+        if not path:
+            raise ChipInputError("chip spec 'lab:station=' needs a station file: --chip lab:station=/PATH/TO/bench.yaml")
+        station = Station.from_yaml(Path(path).expanduser().resolve()).connect()
+        try:
+            chip = station.chip()
+        except BaseException:
+            station.close()
+            raise
+        chip._owning_station = station
         return chip
 
     # ------------------------------------------------------------------ identity and clock
@@ -698,6 +719,12 @@ class LabChip(Chip):
                 log.debug("closing %s: %s", self.address, exc)
 
     def close(self) -> None:
-        """Close the connection (never the shared ResourceManager). Safe to call twice."""
+        """Close the connection (never the shared ResourceManager). Safe to call twice.
+
+        A chip opened from a station file (``lab:station=FILE``) closes its station too.
+        """
+        station, self._owning_station = getattr(self, "_owning_station", None), None
         self._closed = True
         self._drop_connection()
+        if station is not None:
+            station.close()

@@ -55,3 +55,17 @@ def test_an_emulator_run_records_no_station(tmp_path: Path) -> None:
     res = run_protocol("test-steps", chip="fake", sets=["steps=1"], out=tmp_path, progress=False)
     with RunReader(res.path) as r:
         assert r.start.station == {} and r.start.station_yaml == ""
+
+
+def test_the_command_line_runs_on_a_station_file_and_records_it(tmp_path: Path, cli) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(STATION)
+    res = cli("run", "test-steps", "--chip", f"lab:station={path}", "--set", "steps=2", "--set", "mvm=false",
+              "--out", str(tmp_path / "runs"), "--json", "--no-progress")
+    assert res.code == 0, res.err
+    run = res.json()
+    with RunReader(run["path"]) as r:
+        assert r.start.chip_spec == f"lab:station={path}" and r.start.station_file == str(path.resolve())
+        assert set(r.start.station["instruments"]) == {"psu", "tc"} and r.n_rows("steps") == 2
+    bad = cli("run", "test-steps", "--chip", "lab:station=", "--out", str(tmp_path / "runs"))
+    assert bad.code == 2 and "needs a station file" in bad.err
