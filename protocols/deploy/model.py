@@ -291,7 +291,7 @@ class DeployedModel(nn.Module):
         k = 0
         for la in self.converted.layers:
             if isinstance(la, DigitalOp):
-                h = _torch_digital(la, h)
+                h = torch_digital(la, h)
                 continue
             st = self.states[k]
             k += 1
@@ -322,7 +322,7 @@ class DeployedModel(nn.Module):
                  "cores": [int(c) for c in st.cores], "ldpu": st.ldpu, "folded": list(st.layer.folded)} for st in self.states]
 
 
-def _torch_digital(op: DigitalOp, h: torch.Tensor) -> torch.Tensor:
+def torch_digital(op: DigitalOp, h: torch.Tensor) -> torch.Tensor:
     if op.kind == "relu":
         return torch.relu(h)
     if op.kind == "flatten":

@@ -106,11 +106,14 @@ def load_digits_split() -> DigitsData:
 
 # ------------------------------------------------------------------------------ files
 def zoo_dir(root: str | Path | None = None) -> Path:
-    """The zoo folder: ``root`` if given, else ``<repo>/data/zoo`` beside the ``protocols`` package."""
+    """The zoo folder: ``root`` if given, else ``data/zoo`` of the data folder (the checkout's, or the
+    one a wheel installs; see :func:`protocols.datafiles.data_dir`)."""
     if root is not None:
         p = Path(root).expanduser().resolve()
     else:
-        p = Path(__file__).resolve().parents[2] / "data" / "zoo"
+        from protocols.datafiles import data_dir
+
+        p = data_dir() / "zoo"
     if not (p / "manifest.json").is_file():
         raise ConfigError(f"no model zoo at {p} (manifest.json missing); pass the folder that holds manifest.json.")
     return p

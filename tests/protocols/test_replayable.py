@@ -22,6 +22,12 @@ CASES: dict[str, tuple[str, dict[str, Any] | None]] = {
     "attack": ("emulator:hermes,cores=4,rows=64,cols=64",
                {"samples": 20, "repeats": 1, "attacks": {"pgd": {"iterations": [1], "magnitudes": [0.1]}},
                 "hil": {"refit_every": 2, "n_mvm": 100}}),
+    "adapt": ("fake:cores=2,rows=128,cols=128",
+              {"steps": 2, "readapt_steps": 1, "train_samples": 32, "calibration_samples": 16, "affine_inputs": 32,
+               "gdc_inputs": 8, "proxy_inputs": 0}),
+    "kernel-approx": (FAKE, {"approximations": ["orf"], "kernels": ["rbf"], "ks": [1], "seeds": [0], "n": 100, "d": 3,
+                             "calibration_samples": 32, "test_subset": 30,
+                             "deploy": {"proxy_inputs": 0, "gdc_inputs": 8, "affine_inputs": 64}}),
     "infer": ("emulator:hermes,cores=4,rows=64,cols=64",
               {"drift_times_s": [3600.0], "test_samples": 40, "error_samples": 8, "program_verify": {"max_iterations": 8}}),
 }
