@@ -104,14 +104,24 @@ def test_keyboard_interrupt_is_recorded_as_abort_then_re_raised(tmp_path: Path) 
         assert r.attrs["exception_type"] == "builtins.KeyboardInterrupt" and len(r.journal) == 2
 
 
+def _has_rows(folder: Path) -> bool:
+    files = list(folder.glob("*.h5"))
+    if not files:
+        return False
+    try:
+        with RunReader(files[0]) as r:
+            return "steps" in r.streams() and r.n_rows("steps") > 0
+    except Exception:  # a file being created
+        return False
+
+
 def test_sigterm_aborts_the_run_cleanly(tmp_path: Path) -> None:
     proc = popen_hil("run", "test-steps", "--chip", SMALL_CHIP, "--set", "steps=100000", "--out", str(tmp_path))
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob("*.h5")):
+    deadline = time.time() + 120
+    while time.time() < deadline and not _has_rows(tmp_path):  # the protocol is running (under load too)
         time.sleep(0.1)
-    time.sleep(1.0)
     proc.terminate()
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err
     (path,) = tmp_path.glob("*.h5")
     with RunReader(path) as r:
