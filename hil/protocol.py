@@ -225,20 +225,34 @@ def register_protocol(
 
 
 _BROKEN: dict[str, str] = {}
+#: Entry-point value -> the protocols its module registered when it was first loaded.
+_FROM_MODULE: dict[str, dict[str, ProtocolSpec]] = {}
 
 
 def load_entry_point_protocols() -> None:
     """Import every module named in the ``hil.protocols`` entry-point group (they self-register).
 
     A module that fails to import is skipped with a warning, so one broken protocol does not stop
-    every command; asking for it by name then raises with the import error.
+    every command; asking for it by name then raises with the import error. The protocols a module
+    registered are remembered, so they come back if the registry was replaced after the module was
+    imported (a module registers only on its first import).
     """
     for ep in entry_points(group="hil.protocols"):
+        if ep.value in _FROM_MODULE:
+            for name, spec in _FROM_MODULE[ep.value].items():
+                _REGISTRY.setdefault(name, spec)
+            continue
+        before = dict(_REGISTRY)
         try:
             ep.load()
         except Exception as exc:  # any import-time failure of a third-party module
             _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"protocol module {ep.value!r} ({ep.name}) failed to import: {exc}", stacklevel=2)
+            continue
+        _FROM_MODULE[ep.value] = {n: sp for n, sp in _REGISTRY.items() if before.get(n) is not sp}
+        if not _FROM_MODULE[ep.value]:  # imported before (e.g. by a test): its specs are those of its module
+            module = ep.value.partition(":")[0]
+            _FROM_MODULE[ep.value] = {n: sp for n, sp in _REGISTRY.items() if getattr(sp.fn, "__module__", "") == module}
 
 
 def protocols() -> dict[str, ProtocolSpec]:
