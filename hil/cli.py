@@ -477,6 +477,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 #: Where ``hil bench`` finds the benchmarks: they ship with the source tree, not inside the packages.
 BENCH_MODULE = "tests.benchmarks.bench_emulator"
+# Commands whose parser lives in their own module (``main(argv) -> int``): name -> (module, help).
+FORWARDED: dict[str, tuple[str, str]] = {
+    "sweep": ("hil.sweep", "run a protocol over a grid of config values and seeds on Dask workers (try `hil sweep --help`)"),
+    "serve": ("hil.web.app", "serve a read-only web view of a runs folder (try `hil serve --help`)"),
+}
 
 
 def _forward(module: str, argv: list[str]) -> int:
@@ -670,6 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("emulate", help="serve the emulator as a lab board: hil emulate --host H --port N [...]",
                    add_help=False)
+    for name, (_, help_) in FORWARDED.items():
+        sub.add_parser(name, help=help_, add_help=False)
     return parser
 
 
@@ -693,6 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _forward(BENCH_MODULE, argv[1:])
     if argv and argv[0] == "emulate":
         return _forward("emulator.server", argv[1:])
+    if argv and argv[0] in FORWARDED:
+        return _forward(FORWARDED[argv[0]][0], argv[1:])
     parser = build_parser()
     _autocomplete(parser)
     try:
