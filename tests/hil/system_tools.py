@@ -12,7 +12,7 @@ import pytest
 #: tool -> the Debian/Ubuntu package that provides it.
 PACKAGES = {
     "h5ls": "hdf5-tools", "h5dump": "hdf5-tools", "mosquitto": "mosquitto", "mosquitto_passwd": "mosquitto",
-    "openssl": "openssl",
+    "openssl": "openssl", "chromium": "chromium", "chromedriver": "chromium-driver",
 }
 
 
