@@ -107,6 +107,11 @@ class RunOptions(BaseModel):
         None, description="the lab station (drivers.station.Station) whose snapshot the run records; "
         "default: the chip's own station (a chip from Station.chip() knows it)"
     )
+    sweep: str = Field("", max_length=100, description="id of the sweep this run is a point of (hil sweep; empty: none)")
+    sweep_point: int | None = Field(None, ge=0, description="the run's point number in its sweep")
+    sweep_params: dict[str, Any] = Field(
+        default_factory=dict, description="the sweep's grid values at this point (dotted config keys, and chip)"
+    )
 
     @field_validator("tags")
     @classmethod
@@ -371,11 +376,44 @@ def _telemetry_sink(telemetry: Any, run_id: str) -> Any:
     return telemetry
 
 
+#: Runs executing in this process (any thread): run id -> (sweep id, its interrupt guard).
+_ACTIVE: dict[str, tuple[str, InterruptGuard]] = {}
+_ACTIVE_LOCK = threading.Lock()
+
+
+def active_runs() -> dict[str, str]:
+    """The runs executing in this process now (in any thread): run id -> sweep id (empty: none)."""
+    with _ACTIVE_LOCK:
+        return {run_id: sweep for run_id, (sweep, _) in _ACTIVE.items()}
+
+
+def interrupt_runs(*, sweep: str | None = None, run_id: str | None = None) -> list[str]:
+    """Stop runs executing in this process (in any thread) as Ctrl-C would: each ends after its
+    current chip call is journaled, with status ``abort`` (resumable). ``sweep`` / ``run_id``: only
+    that sweep's runs / that run (default: all). Returns the run ids asked to stop."""
+    with _ACTIVE_LOCK:
+        hit = [(rid, guard) for rid, (sw, guard) in _ACTIVE.items()
+               if (sweep is None or sw == sweep) and (run_id is None or rid == run_id)]
+    for _, guard in hit:
+        guard.pending = True  # raised in the run's own thread once its current (or next) chip call is journaled
+    return [rid for rid, _ in hit]
+
+
 def _execute(plan: _Plan) -> RunResult:
     """Run the protocol of ``plan``; record the outcome in the run file and the index."""
+    with _ACTIVE_LOCK:
+        guard = InterruptGuard()
+        _ACTIVE[plan.writer.start.run_id] = (plan.writer.start.sweep, guard)
+    try:
+        return _execute_guarded(plan, guard)
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.pop(plan.writer.start.run_id, None)
+
+
+def _execute_guarded(plan: _Plan, guard: InterruptGuard) -> RunResult:
     writer = plan.writer
     start = writer.start
-    guard = InterruptGuard()
     chip = RecordingChip(plan.chip, writer, guard=guard, run_key=start.run_id)
     runlog = EngineRunLog(writer, plan.seed, progress=plan.progress, telemetry=plan.telemetry, inputs=plan.inputs)
     plan.index.record(entry_from_attrs(writer.attrs, plan.final_path.name))
@@ -626,6 +664,7 @@ def run_protocol(
             preceded_by=[str(Path(p).name) for p in opts.preceded_by],
             replay_of=chip_obj.reader.run_id if isinstance(chip_obj, ReplayChip) else "",
             tags=list(opts.tags), sample=opts.sample, comment=opts.comment,
+            sweep=opts.sweep, sweep_point=opts.sweep_point, sweep_params=dict(opts.sweep_params),
             **station_fields(opts.station, chip_obj),
         )
         extra: dict[str, Any] = {"flush_interval_s": opts.flush_interval_s} if opts.flush_interval_s else {}
@@ -807,7 +846,9 @@ __all__ = [
     "RunOptions",
     "RunResult",
     "RunTerminated",
+    "active_runs",
     "failure_reason",
+    "interrupt_runs",
     "new_run_id",
     "replay_run",
     "resume_run",

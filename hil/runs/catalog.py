@@ -25,7 +25,7 @@ from hil.runs.index import RunIndex, default_runs_folder
 
 #: Entry fields a condition may name directly (``status`` is the effective status).
 FIELDS = ("run_id", "file", "protocol", "status", "started_at", "stopped_at", "seed", "chip", "reason", "host",
-          "n_calls", "wall_s", "replay_of", "sample", "comment")
+          "n_calls", "wall_s", "replay_of", "sample", "comment", "sweep", "sweep_point")
 _COND = re.compile(r"^\s*([A-Za-z0-9_][A-Za-z0-9_.\-]*)\s*(!=|<=|>=|=|<|>|~)\s*(.*?)\s*$")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -189,6 +189,11 @@ class RunStart(_Document):
     )
     station_file: str = Field("", description="lab runs: the station file's path")
     station_yaml: str = Field("", description="lab runs: the station file's text")
+    sweep: str = Field("", description="id of the sweep the run is a point of (hil sweep; empty: none)")
+    sweep_point: int | None = Field(None, description="the run's point number in its sweep")
+    sweep_params: dict[str, Any] = Field(
+        default_factory=dict, description="the sweep's grid values at this point (dotted config keys, and chip)"
+    )
 
 
 class RunStop(_Document):
@@ -232,6 +237,9 @@ class IndexEntry(BaseModel):
     tags: list[str] = Field(default_factory=list)
     sample: str = ""
     comment: str = ""
+    #: The sweep the run is a point of (``hil sweep``; empty: none) and its point number there.
+    sweep: str = ""
+    sweep_point: int | None = None
     #: The config's scalar values (nested keys joined with "."), for ``hil ls --where``.
     config: dict[str, Any] = Field(default_factory=dict)
     #: The summary's scalar values (nested keys joined with "."), once the run has stopped.
@@ -262,6 +270,8 @@ class IndexEntry(BaseModel):
             tags=start.tags,
             sample=start.sample,
             comment=start.comment[:500],
+            sweep=start.sweep,
+            sweep_point=start.sweep_point,
             config=scalars(start.config),
             summary=scalars(stop.summary) if stopped else {},
         )
