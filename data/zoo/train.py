@@ -18,31 +18,24 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from protocols.deploy.zoo import ARCHITECTURES, accuracy, load_digits_split, save_state  # noqa: E402
+from protocols.deploy.zoo import (  # noqa: E402
+    ARCHITECTURES,
+    TRAIN_SETTINGS,
+    accuracy,
+    load_digits_split,
+    save_state,
+    train_digits,
+)
 
-#: Training settings per model: epochs, mini-batch, Adam learning rate, weight decay.
-SETTINGS = {"digits-mlp": (60, 64, 3e-3, 1e-4), "digits-cnn": (80, 64, 5e-3, 1e-4)}
+#: Training settings per model: epochs, mini-batch, Adam learning rate, weight decay (the recipe lives in
+#: protocols.deploy.zoo so that the attack protocol's HWA models are trained the same way).
+SETTINGS = TRAIN_SETTINGS
 
 
 def train(name: str, seed: int = 0) -> tuple[nn.Module, dict[str, float]]:
     """Train one zoo architecture on the digits split; returns the model (eval mode) and its accuracies."""
-    torch.manual_seed(seed)
     data = load_digits_split()
-    model = ARCHITECTURES[name]()
-    epochs, batch, lr, wd = SETTINGS[name]
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    x = torch.from_numpy(data.x_train)
-    y = torch.from_numpy(data.y_train)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=gen).split(batch):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        sched.step()
-    model.eval()
+    model = train_digits(name, seed)
     return model, {"train_accuracy": accuracy(model, data.x_train, data.y_train),
                    "test_accuracy": accuracy(model, data.x_test, data.y_test)}
 

@@ -142,6 +142,12 @@ class ChipModelParams(BaseModel):
     prog_coeffs: list[float] = Field([0.01, 0.02, 0.0, 0.0], min_length=4, max_length=4,
                                      description="sigma(a) = c0 + c1 a + c2 a^2 + c3 a^3, a = |w| / wmax_c [wmax_c]")
     out_sigma: float = Field(0.01, ge=0.0, le=10.0, description="output noise / (input range x wmax_c), per forward call")
+    out_sigma_frozen: float = Field(0.0, ge=0.0, le=10.0,
+                                    description="non-recurrent output noise (column offset drawn once per repeat), same units")
+    out_per_batch: bool = Field(False, description="output noise: one draw per column and forward call, shared by the "
+                                                   "batch (ADV25's chip model) instead of one per element (per MVM)")
+    weight_sigma_recurrent: float = Field(0.0, ge=0.0, le=10.0,
+                                          description="recurrent weight noise, fresh per forward call [wmax_c]")
     scale: float = Field(1.0, ge=0.0, le=100.0, description="multiplies both noise sources (noise-level sweeps)")
     in_bits: int = Field(8, ge=2, le=16, description="input DAC bits (sign + magnitude)")
     out_bits: int = Field(8, ge=2, le=16, description="output ADC bits (sign + magnitude)")
@@ -164,21 +170,32 @@ class ChipModel(TorchPlatform):
             if isinstance(mod, _ANALOG):
                 r_in, r_out = self.ranges[mname]
                 mod.register_forward_pre_hook(lambda _m, args, r=r_in: (_ste_quant(args[0], r, 2 ** (p.in_bits - 1) - 1),))
-                mod.register_forward_hook(lambda m_, args, out, r_in=r_in, r_out=r_out: self._out(m_, out, r_in, r_out))
+                mod.register_forward_hook(lambda m_, args, out, r_in=r_in, r_out=r_out: self._out(m_, args, out, r_in, r_out))
         self.new_repeat(seed)
 
-    def _out(self, mod: nn.Module, y: torch.Tensor, r_in: float, r_out: float) -> torch.Tensor:
+    def _out(self, mod: nn.Module, args: tuple, y: torch.Tensor, r_in: float, r_out: float) -> torch.Tensor:
         p = self.params
+        wmax = self._wmax[id(mod)].reshape(1, -1, *([1] * (y.ndim - 2)))
+        if p.weight_sigma_recurrent * p.scale > 0:  # fresh W noise: x (dW)^T, exact since the layer is linear in W
+            dw = (p.weight_sigma_recurrent * p.scale) * _channel_max(self._w0[id(mod)]) * torch.randn(
+                mod.weight.shape, generator=self._gen).to(mod.weight.dtype)
+            x = args[0]
+            y = y + (nn.functional.linear(x, dw) if isinstance(mod, nn.Linear) else mod._conv_forward(x, dw, None))
         if p.out_sigma * p.scale > 0:
-            wmax = self._wmax[id(mod)].reshape(1, -1, *([1] * (y.ndim - 2)))
-            y = y + (p.out_sigma * p.scale * r_in) * wmax * torch.randn(y.shape, generator=self._gen).to(y.dtype)
+            shape = (1, *wmax.shape[1:]) if p.out_per_batch else y.shape
+            y = y + (p.out_sigma * p.scale * r_in) * wmax * torch.randn(shape, generator=self._gen).to(y.dtype)
+        if p.out_sigma_frozen * p.scale > 0:
+            y = y + (p.out_sigma_frozen * p.scale * r_in) * wmax * self._ofix[id(mod)].reshape(wmax.shape).to(y.dtype)
         return _ste_quant(y, r_out, 2 ** (p.out_bits - 1) - 1)
 
     def new_repeat(self, seed: int) -> None:
-        """Draw programming noise once (this repeat's chip) and restart the output-noise stream."""
+        """Draw the non-recurrent noise once (this repeat's chip: programming noise, frozen output offsets) and
+        restart the stream of the recurrent noise (output noise, recurrent weight noise)."""
         self._gen.manual_seed(int(seed))
         c = torch.tensor(self.params.prog_coeffs, dtype=torch.float64)
         self._wmax: dict[int, torch.Tensor] = {}
+        self._w0: dict[int, torch.Tensor] = {}
+        self._ofix: dict[int, torch.Tensor] = {}
         base = dict(self.base.named_modules())
         with torch.no_grad():
             for mname, mod in self.model.named_modules():
@@ -189,6 +206,9 @@ class ChipModel(TorchPlatform):
                     sig = (c[0] + c[1] * a + c[2] * a**2 + c[3] * a**3).clamp_min(0) * self.params.scale * wmax
                     mod.weight.copy_((w + sig * torch.randn(w.shape, generator=self._gen, dtype=torch.float64)).float())
                     self._wmax[id(mod)] = wmax.reshape(-1).float()
+                    self._w0[id(mod)] = w.float()
+                    if self.params.out_sigma_frozen > 0:
+                        self._ofix[id(mod)] = torch.randn(w.shape[0], generator=self._gen)
 
 
 def fit_chip_model(deployed: DeployedModel, n_mvm: int = 2000, repeats: int = 16, seed: int = 0) -> ChipModelParams:

@@ -8,9 +8,14 @@ fitted from the chip by :func:`fit_chip_model` when the chip is deployed, else t
 generate on the platform (for ``chip`` in mode ``transfer``: on the chip model; in mode ``hil``: PGD with
 the HIL gradient), evaluate clean and adversarial interleaved on the platform, log the ASR counts.
 
+HWA-FP32 is trained by default from scratch with the zoo's recipe (same seed, init and mini-batches as the FP32
+zoo model; only the weight noise differs), so the two differ only in the noise injection.
+
 Streams: ``asr`` (platform, mode, attack, iterations, magnitude, repeat, n, n_correct, n_success, asr),
 ``clean_accuracy`` (platform, repeat, accuracy), ``envelope`` (platform, mode, attack, t, iterations,
-magnitude, asr), ``chip_calls`` (stage, calls). Figures: ASR vs magnitude per platform, envelopes.
+magnitude, asr), ``chip_calls`` (stage, calls), and with ``noise_study`` set ``noise_study`` (source, drop,
+sigma, repeat, accuracy, asr = envelope mean, flip = noise-only ASR of x_adv = x). Figures: ASR vs magnitude per
+platform, envelopes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hil.chip import Chip, Geometry
 from hil.errors import ConfigError
 from hil.protocol import RunLog, register_protocol
-from protocols.attacks import lib
+from protocols.attacks import lib, study
 from protocols.attacks.platforms import (
     ChipModel,
     ChipModelParams,
@@ -38,7 +43,14 @@ from protocols.attacks.platforms import (
 )
 from protocols.deploy import DeployConfig, deploy
 from protocols.deploy.plan import place_layers
-from protocols.deploy.zoo import ARCHITECTURES, build_model, load_digits_split, read_weight_file, resolve_model_file
+from protocols.deploy.zoo import (
+    ARCHITECTURES,
+    build_model,
+    load_digits_split,
+    read_weight_file,
+    resolve_model_file,
+    train_digits,
+)
 from protocols.program_verify import ProgramVerifyParams
 
 Platform = Literal["fp32", "hwa", "digital", "chip_model", "chip"]
@@ -72,6 +84,29 @@ class HilSettings(BaseModel):
     n_mvm: int = Field(2000, ge=16, le=100_000, description="random MVMs per layer for W_hat (ADV25: 2000)")
 
 
+NoiseSource = Literal["weight_nonrecurrent", "weight_recurrent", "output_nonrecurrent", "output_recurrent",
+                      "output_recurrent_batch"]
+
+
+class NoiseStudy(BaseModel):
+    """ADV25's noise-source study on the chip model (:mod:`protocols.attacks.study`): each source alone, scaled by
+    bisection to each clean-accuracy drop (relative to FP32), then the PGD grid of ``attacks.pgd``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[NoiseSource] = Field(["weight_nonrecurrent", "weight_recurrent", "output_nonrecurrent",
+                                        "output_recurrent", "output_recurrent_batch"], min_length=1)
+    drops: list[float] = Field([0.05], min_length=1, description="clean-accuracy drops to match [fraction, 0-0.5]")
+    repeats: int = Field(5, ge=1, le=100, description="noise instances per (source, drop) for the ASR")
+    match_repeats: int = Field(20, ge=1, le=1000, description="noise instances averaged per bisection step")
+
+    @model_validator(mode="after")
+    def _drops(self) -> NoiseStudy:
+        if any(not (0.0 < d <= 0.5) for d in self.drops):
+            raise ValueError(f"noise_study.drops {self.drops} must lie in (0, 0.5] (fractions of accuracy).")
+        return self
+
+
 class AttackConfig(BaseModel):
     """ADV25 attack sweep (see the module docstring)."""
 
@@ -83,7 +118,12 @@ class AttackConfig(BaseModel):
     samples: int = Field(100, ge=10, le=540, description="class-balanced test images (samples / 10 per class)")
     repeats: int = Field(3, ge=1, le=100, description="repeats on stochastic platforms")
     hwa_sigma: float = Field(0.08, ge=0.0, le=1.0, description="HWA training weight noise [channel wmax]")
-    hwa_epochs: int = Field(15, ge=1, le=200)
+    hwa_init: Literal["scratch", "finetune"] = Field(
+        "scratch", description="scratch: the zoo recipe with weight noise (same seed and batches as the FP32 zoo model; "
+                               "for a custom .npz use finetune); finetune: continue from the FP32 weights")
+    hwa_epochs: int | None = Field(None, ge=1, le=400, description="null: the zoo recipe's epochs (scratch) or 15 (finetune)")
+    hwa_seed: int = Field(0, ge=0, le=2**31 - 1, description="training seed of the HWA model (scratch; the zoo's is 0)")
+    noise_study: NoiseStudy | None = Field(None, description="ADV25 noise-source study on the chip model (needs attacks.pgd)")
     chip_model: ChipModelParams | None = Field(None, description="null: fitted from the chip (if 'chip' is a platform)")
     hil: HilSettings = Field(default_factory=HilSettings)
     calibration_samples: int = Field(256, ge=16, le=1257)
@@ -95,6 +135,7 @@ _MODEL = "model."
 
 def inputs(config: AttackConfig) -> dict[str, Any]:
     """Model arrays, the HWA model (trained here, seeded), the class-balanced samples and calibration data."""
+    _check_config(config)
     path, sha, _ = resolve_model_file(config.model)
     arrays = read_weight_file(path, sha)
     out: dict[str, Any] = {_MODEL + k: (v, str(path)) for k, v in arrays.items()}
@@ -106,9 +147,19 @@ def inputs(config: AttackConfig) -> dict[str, Any]:
     out["data.y"] = (d.y_test[idx], "sklearn:digits test, class-balanced")
     out["data.x_cal"] = (d.calibration(config.calibration_samples), "sklearn:digits train")
     if "hwa" in config.platforms:
-        hwa = train_hwa(_model(config, out), d.x_train, d.y_train, config.hwa_sigma, config.hwa_epochs, seed=0)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if config.hwa_init == "scratch":
+                hwa = train_digits(_arch(config), config.hwa_seed, config.hwa_sigma, config.hwa_epochs)
+                how = f"train_digits({_arch(config)!r}, seed={config.hwa_seed}, weight_noise={config.hwa_sigma})"
+            else:
+                hwa = train_hwa(_model(config, out), d.x_train, d.y_train, config.hwa_sigma, config.hwa_epochs or 15, seed=0)
+                how = f"train_hwa(sigma={config.hwa_sigma}, epochs={config.hwa_epochs or 15})"
+        finally:
+            torch.set_num_threads(threads)
         for k, v in hwa.state_dict().items():
-            out["hwa." + k] = (v.detach().numpy().copy(), f"train_hwa(sigma={config.hwa_sigma}, epochs={config.hwa_epochs})")
+            out["hwa." + k] = (v.detach().numpy().copy(), how)
     return out
 
 
@@ -124,8 +175,8 @@ def _model(config: AttackConfig, arrays: Mapping[str, Any], prefix: str = _MODEL
     return build_model(_arch(config), state)
 
 
-def check(config: AttackConfig, geometry: Geometry) -> None:
-    """Bad input exits 2 before anything runs: grids out of range, image attacks on a flat model, too few cores."""
+def _check_config(config: AttackConfig) -> str:
+    """The checks that need no chip (run first by the ``inputs`` hook too, before any training); returns the architecture."""
     arch = _arch(config)
     shape = ARCHITECTURES[arch].input_shape  # type: ignore[attr-defined]
     for name, g in config.attacks.items():
@@ -136,6 +187,14 @@ def check(config: AttackConfig, geometry: Geometry) -> None:
         if name in ("square", "onepixel") and len(shape) != 3:
             raise ConfigError(f"attack {name!r} needs image inputs (C, H, W); model {config.model!r} ({arch}) takes "
                               f"flat inputs {shape}. Use model=digits-cnn or attack pgd.")
+    if config.noise_study is not None and "pgd" not in config.attacks:
+        raise ConfigError("noise_study runs the PGD grid of attacks.pgd; add attacks.pgd or drop noise_study.")
+    return arch
+
+
+def check(config: AttackConfig, geometry: Geometry) -> None:
+    """Bad input exits 2 before anything runs: grids out of range, image attacks on a flat model, too few cores."""
+    arch = _check_config(config)
     if "chip" in config.platforms:
         from protocols.deploy.layers import convert_model
 
@@ -155,7 +214,8 @@ def _generate(attack: str, gen: Any, x: np.ndarray, y: np.ndarray, it: int, mag:
 
 
 def plots(run_file: Any, out_dir: Any) -> list[Path]:
-    """``attack-asr.png`` (ASR vs magnitude per platform, one panel per attack) and ``attack-envelope.png``."""
+    """``attack-asr.png`` (ASR vs magnitude per platform, one panel per attack), ``attack-envelope.png`` and, with a
+    noise study, ``attack-noise-study.png`` (envelope mean +- SE vs accuracy drop per source)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -170,6 +230,7 @@ def plots(run_file: Any, out_dir: Any) -> list[Path]:
     paths = []
     with RunReader(run_file) as r:
         a, e = r.stream("asr"), r.stream("envelope")
+        ns = r.stream("noise_study") if "noise_study" in r.streams() else None
     plat = np.char.add(np.char.add(s(a["platform"]), "/"), s(a["mode"]))
     att = s(a["attack"])
     attacks = list(dict.fromkeys(att.tolist()))
@@ -197,6 +258,22 @@ def plots(run_file: Any, out_dir: Any) -> list[Path]:
             ax.legend(fontsize=7)
         fig.savefig(out / fname, dpi=110)
         paths.append(out / fname)
+    if ns is not None:
+        fig = Figure(figsize=(5.0, 3.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        src = s(ns["source"])
+        for name in dict.fromkeys(src.tolist()):
+            drops = np.unique(ns["drop"][src == name])
+            vals = [ns["asr"][(src == name) & (ns["drop"] == d)] for d in drops]
+            se = [v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0 for v in vals]
+            ax.errorbar(100 * drops, [v.mean() for v in vals], yerr=se, fmt="o-", capsize=3, label=name)
+        ax.set_xlabel("clean-accuracy drop [%]")
+        ax.set_ylabel("PGD envelope mean ASR")
+        ax.set_title("noise sources (chip model)")
+        ax.legend(fontsize=7)
+        fig.savefig(out / "attack-noise-study.png", dpi=110)
+        paths.append(out / "attack-noise-study.png")
     return paths
 
 
@@ -229,7 +306,7 @@ def attack_protocol(chip: Chip, config: AttackConfig, run: RunLog) -> dict[str, 
         plats["chip_model"] = cm
     if chip_p is not None:
         plats["chip"] = chip_p
-    envelopes: dict[str, float] = {}
+    per_repeat: dict[str, list[float]] = {}
     for pname in config.platforms:
         p = plats[pname]
         reps = config.repeats if p.stochastic else 1
@@ -258,9 +335,36 @@ def attack_protocol(chip: Chip, config: AttackConfig, run: RunLog) -> dict[str, 
                         run.log("envelope", platform=pname, mode=mode, attack=an, repeat=rep, t=t, iterations=it,
                                 magnitude=mag, asr=v)
                     key = f"{pname}/{mode}/{an}"
-                    envelopes.setdefault(key, 0.0)
-                    envelopes[key] += float(np.nanmean([r[3] for r in lib.envelope(grid, g.iterations, g.magnitudes)])) / reps
+                    env_mean = float(np.nanmean([r[3] for r in lib.envelope(grid, g.iterations, g.magnitudes)]))
+                    per_repeat.setdefault(key, []).append(env_mean)
         if pname == "chip" and chip_p is not None:
             run.log("chip_calls", stage="attacks", calls=chip_p.chip_calls())
-    return {"envelope_mean": envelopes, "chip_model": params.model_dump() if params else None,
-            "chip_calls": chip_p.chip_calls() if chip_p else 0}
+    envelopes = {k: float(np.mean(v)) for k, v in per_repeat.items()}
+    envelope_se = {k: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None for k, v in per_repeat.items()}
+    summary: dict[str, Any] = {"envelope_mean": envelopes, "envelope_se": envelope_se,
+                               "chip_model": params.model_dump() if params else None,
+                               "chip_calls": chip_p.chip_calls() if chip_p else 0}
+    if config.noise_study is not None:
+        summary["noise_study"] = _noise_study(config, run, model, x_cal, x, y)
+    return summary
+
+
+def _noise_study(config: AttackConfig, run: RunLog, model: torch.nn.Module, x_cal: np.ndarray, x: np.ndarray,
+                 y: np.ndarray) -> dict[str, dict[str, float]]:
+    """Stream ``noise_study`` rows (one per source, drop and repeat); returns {source/drop: mean, se, sigma, accuracy}."""
+    ns = config.noise_study
+    assert ns is not None
+    g = config.attacks["pgd"]
+    run.declare("noise_study", units={"sigma": "wmax_c (weight) or r_in wmax_c (output)", "drop": "fraction"}, x="drop")
+    out: dict[str, dict[str, float]] = {}
+    for source in ns.sources:
+        for drop in ns.drops:
+            seed = _seed(run, "study", source, drop)
+            res = next(study.study(model, x_cal, x, y, [drop], g.iterations, g.magnitudes, ns.repeats, (source,), seed,
+                                   ns.match_repeats))
+            for r, (acc, env, flip) in enumerate(zip(res.accuracy, res.envelope, res.flip, strict=True)):
+                run.log("noise_study", source=source, drop=float(drop), sigma=res.sigma, repeat=r, accuracy=float(acc),
+                        asr=float(env), flip=float(flip))
+            out[f"{source}/{drop:g}"] = {"asr": res.asr_mean, "asr_se": res.asr_se, "sigma": res.sigma,
+                                         "accuracy": res.acc_mean, "flip": float(res.flip.mean())}
+    return out

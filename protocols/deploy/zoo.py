@@ -202,6 +202,56 @@ def save_state(model: nn.Module, path: str | Path) -> str:
     return file_sha256(path)
 
 
+#: The zoo's training recipe per architecture: epochs, mini-batch, Adam learning rate, weight decay (cosine schedule).
+TRAIN_SETTINGS: dict[str, tuple[int, int, float, float]] = {"digits-mlp": (60, 64, 3e-3, 1e-4),
+                                                            "digits-cnn": (80, 64, 5e-3, 1e-4)}
+
+
+def train_digits(architecture: str, seed: int = 0, weight_noise: float = 0.0, epochs: int | None = None) -> nn.Module:
+    """Train a zoo architecture on the digits split with the zoo's recipe (``data/zoo/train.py`` uses this).
+
+    Deterministic for a given torch build: seeded init, one fixed mini-batch order per ``seed``.
+    ``weight_noise`` > 0 is hardware-aware training [ADV25]: every analog layer's weight gets
+    ``weight_noise * max_c|w| * N(0, 1)`` (per output channel, drawn per mini-batch from a generator of
+    its own), so a noisy and a clean model of the same ``seed`` see the same init and the same batches.
+    Call under ``torch.set_num_threads(1)`` for bit-reproducible results.
+    """
+    from torch.func import functional_call
+
+    if architecture not in TRAIN_SETTINGS:
+        raise ConfigError(f"architecture={architecture!r}; trainable: {sorted(TRAIN_SETTINGS)}.")
+    torch.manual_seed(seed)
+    data = load_digits_split()
+    model = ARCHITECTURES[architecture]()
+    n_epochs, batch, lr, wd = TRAIN_SETTINGS[architecture]
+    n_epochs = epochs or n_epochs
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_epochs)
+    x = torch.from_numpy(data.x_train)
+    y = torch.from_numpy(data.y_train)
+    gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator().manual_seed(seed + 7919)
+    noisy = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for _ in range(n_epochs):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(batch):
+            opt.zero_grad()
+            if weight_noise > 0:
+                params = {}
+                for k, v in model.named_parameters():
+                    if k in noisy:
+                        wmax = v.detach().abs().reshape(v.shape[0], -1).amax(1).reshape(-1, *([1] * (v.ndim - 1)))
+                        v = v + weight_noise * wmax * torch.randn(v.shape, generator=noise_gen)
+                    params[k] = v
+                out = functional_call(model, params, (x[idx],))
+            else:
+                out = model(x[idx])
+            nn.functional.cross_entropy(out, y[idx]).backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
 def check_input_shape(model: nn.Module, shape: tuple[int, ...]) -> None:
     """Refuse data of the wrong per-sample ``shape`` for a zoo model (ChipInputError naming both)."""
     want = tuple(getattr(model, "input_shape", ()))
