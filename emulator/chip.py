@@ -17,8 +17,11 @@ MVMs use per-core matrices cached at the current chip time: G+ - G- and G+ + G- 
 noise in them, and the variance of the fast part summed over the cell's devices. They are recomputed
 for a core after it is programmed, when one of its devices enters a new slow epoch, or when the clock
 has moved more than ``numerics.drift_rel_tol`` x (t - t_p + t0) since the last computation (the
-conductance change is then below nu x tol, far under the read noise).
-Full-chip state: 16.7 M devices x 30 bytes + 3 cached matrices = about 0.5 GiB.
+conductance change is then below nu x tol, far under the read noise). Cells whose devices were
+pulsed or got a new slow normal are recomputed alone while the rest of their core is still valid.
+How it computes (matmul dtype by measurement, stacked small-batch matmul, cache-sized ADC chunks,
+optional compiled ADC chain): ``emulator/numerics.py`` and docs/emulator.md, deviations 2 and 6.
+Full-chip state: 16.7 M devices x 30 bytes + 3 cached matrices (and their stacked copy) = about 0.55 GiB.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from emulator import periphery
+from emulator import numerics, periphery
 from emulator.noise.recurrence import band_split, slow_epoch
 from emulator.presets import EmulatorPreset, resolve_preset
 from emulator.programming import draw_nu, physics_model, pulse_response, read_noise_q, statistical_program
+from hil import arguments as args
 from hil.chip import Chip, ChipInfo, Geometry, LdpuRegisters, PulseBatch
 from hil.errors import ChipInputError
 
@@ -43,26 +47,30 @@ MAX_DEVICES = 2**26
 #: State per device (bytes): conductance, SET level, nu, Q_s, t0 (float32), programming time (float64), slow noise.
 BYTES_PER_DEVICE = 36
 _CORE_CHUNK = 8  # cores per batch when recomputing cached matrices (bounds temporary memory)
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read(1 << 16)
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        # bfloat16 only where the CPU multiplies it natively (about 3x fp32 there); see docs/emulator.md
-        # for the error budget. CUDA runs float32.
-        name = "bfloat16" if device.type == "cpu" and _cpu_has_bf16() else "float32"
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+#: A core with more than 1/_DENSE_DIRTY of its cells dirty is recomputed whole (cheaper than gathers).
+_DENSE_DIRTY = 4
+#: Most values (cores x batch x max(rows, cols)) one MVM call may move on a GPU.
+MAX_GPU_MVM_VALUES = 2**30
+#: Up to this batch an MVM does its three products in one matmul of the stacked inputs [x; |x|; x^2]
+#: with the stacked matrices [D | S | Var] (reads the matrices once; 3x the arithmetic, which is free
+#: while the call is bound by memory and per-call overhead). A fixed rule, so results never depend on
+#: timing; both paths compute the same products (they differ in float rounding only).
+STACK_MAX_BATCH = 8
+#: Elements (cores x batch x cols) per chunk of the ADC chain on CPU: chunks stay in the cache.
+_ADC_CHUNK = 1 << 18
+#: Outputs (cores x batch x cols) from which an MVM uses the compiled ADC chain where the machine's
+#: choice is 'compiled' (a full chip from batch 16): small calls never pay a compilation. Fixed, so
+#: a call's path depends on its shape only.
+COMPILE_MIN_OUTPUTS = 1 << 18
 
 
 periphery.keep_freed_memory()
+
+
+def _own_float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a float32 tensor that may be modified: a converted copy, or ``t`` itself when it is
+    already float32 and contiguous (the matmul results are fresh tensors nobody else holds)."""
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
 class EmulatedChip(Chip):
@@ -149,34 +157,68 @@ class EmulatedChip(Chip):
         self._ldpu_scale = torch.full((g.n_cores, g.n_cols), self.preset.ldpu_scale, dtype=torch.float16, device=dev)
         self._ldpu_offset = torch.zeros((g.n_cores, g.n_cols), dtype=torch.float16, device=dev)
         self._ldpu_relu = torch.zeros(g.n_cores, dtype=torch.bool, device=dev)
-        mdt = _dtype(self.preset.numerics.matmul_dtype, self.device)
-        ndt = _dtype(self.preset.numerics.noise_dtype, self.device)
+        mdt, self._dtype_source = numerics.resolve(self.preset.numerics.matmul_dtype, self.device)
+        ndt = mdt if self.preset.numerics.noise_dtype == "auto" else numerics.DTYPES[self.preset.numerics.noise_dtype]
         mat = (g.n_cores, g.n_rows, g.n_cols)
+        # D = G+ - G-, S = G+ + G- and Var side by side (one stacked matmul at small batch); views.
         self._w_diff = torch.zeros(mat, dtype=mdt, device=dev)
         self._w_sum = torch.zeros(mat, dtype=mdt, device=dev)
         self._w_var = torch.zeros(mat, dtype=ndt, device=dev)
+        # The same three stacked and transposed, [D | S | Var]^T (cores, 3 cols, rows), for the one-matmul
+        # small-batch path (a contiguous copy: a strided view would make the bf16 batched matmul copy
+        # its operand on every call; transposed, the matrix-vector products stream it faster).
+        self._w3 = torch.zeros((g.n_cores, 3 * g.n_cols, g.n_rows), dtype=mdt, device=dev) if mdt == ndt else None
+        self._adc_chain = numerics.resolve_adc_chain(self.preset.numerics.adc_chain, self.device)
         self._cache_t = np.full(g.n_cores, -np.inf)
         self._slow_next = np.zeros(g.n_cores)  # earliest start of a new slow epoch in the core (lower bound)
         self._tp_max = np.zeros(g.n_cores)
+        # Cells whose devices changed since their cached matrices were computed (pulses, new slow normals).
+        self._dirty = np.zeros((g.n_cores, g.n_rows * g.n_cols), dtype=bool)
+        self._dirty_cores = np.zeros(g.n_cores, dtype=bool)
+        self._fresh_until = -np.inf  # clock time until which no core needs a recompute (see _refresh)
+        self._any_dirty = False
         self._all_cores = np.arange(g.n_cores)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def from_spec(cls, spec: str = "", *, seed: int | None = None, device: str = "cpu") -> EmulatedChip:
-        """Build from a chip spec: ``PRESET[,cores=N][,rows=N][,cols=N]`` (all parts optional)."""
+        """Build from a chip spec: ``PRESET[,cores=N][,rows=N][,cols=N][,matmul=DTYPE][,chain=CHAIN]`` (all
+        parts optional); ``matmul``: float32 (exact), bfloat16 or auto (measured per machine);
+        ``chain``: the ADC chain, eager, compiled or auto (docs/emulator.md)."""
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         preset = "hermes"
         if parts and "=" not in parts[0]:
             preset = parts.pop(0)
         geo: dict[str, int] = {}
+        overrides: dict[str, Any] | None = None
         keys = {"cores": "n_cores", "rows": "n_rows", "cols": "n_cols"}
         for part in parts:
             key, _, value = part.partition("=")
+            if key == "matmul" and value in ("auto", *numerics.DTYPES):
+                overrides = {"numerics": {**(overrides or {}).get("numerics", {}), "matmul_dtype": value}}
+                continue
+            if key == "chain" and value in ("auto", "eager", "compiled"):
+                overrides = {"numerics": {**(overrides or {}).get("numerics", {}), "adc_chain": value}}
+                continue
             if key not in keys or not value.isdigit():
-                raise ChipInputError(f"bad emulator spec part {part!r}; use cores=N, rows=N or cols=N.")
+                raise ChipInputError(
+                    f"bad emulator spec part {part!r}; use cores=N, rows=N, cols=N, matmul=float32|bfloat16|auto "
+                    "or chain=eager|compiled|auto."
+                )
             geo[keys[key]] = int(value)
         geometry = Geometry(**geo) if geo else None
-        return cls(preset, seed=0 if seed is None else seed, device=device, geometry=geometry)
+        return cls(preset, seed=0 if seed is None else seed, device=device, geometry=geometry, overrides=overrides)
+
+    @property
+    def journal_result_dtypes(self) -> dict[str, str]:
+        """Result tables a run file may store narrower (hil.journal): MVM outputs fit int16 while the
+        counters have at most 15 bits (P - N of 12-bit counters: [-4095, 4095]; LDPU outputs int8)."""
+        return {"mvm.y": "<i2"} if self.preset.adc.counter_bits <= 15 else {}
+
+    @property
+    def matmul_dtype(self) -> str:
+        """The dtype the MVM matmuls run in ('float32' or 'bfloat16'), resolved at construction."""
+        return str(self._w_diff.dtype).removeprefix("torch.")
 
     @property
     def info(self) -> ChipInfo:
@@ -184,7 +226,9 @@ class EmulatedChip(Chip):
             backend="emulator",
             name=f"emulated {self.preset.name} chip",
             serial=f"seed={self.seed}",
-            details={"preset": self.preset.model_dump(mode="json"), "device": str(self.device), "seed": self.seed},
+            details={"preset": self.preset.model_dump(mode="json"), "device": str(self.device), "seed": self.seed,
+                     "numerics": {"matmul_dtype": self.matmul_dtype, "noise_dtype": str(self._w_var.dtype).removeprefix("torch."),
+                                  "adc_chain": self._adc_chain}},
         )
 
     # ------------------------------------------------------------------ clock
@@ -233,14 +277,18 @@ class EmulatedChip(Chip):
                     col(batch.width_ns).float(), self.preset, self._gen, model,
                 )
                 gv[idx] = new
-                nv[idx] = torch.where(changed, draw_nu(new, self.preset, self._gen, model), nv[idx])
-                qv[idx] = torch.where(changed, read_noise_q(new, self.preset, model), qv[idx])
-                tv[idx] = torch.where(changed, torch.full_like(tv[idx], t_end), tv[idx])
-                t0v[idx] = torch.where(changed, torch.full_like(t0v[idx], model.t0_s), t0v[idx])
+                nu = draw_nu(new, self.preset, self._gen, model)  # drawn for every pulse (fixed stream use)
+                q = read_noise_q(new, self.preset, model)
+                if not bool(changed.all()):  # pulses below the effect threshold keep their device's state
+                    idx, nu, q = idx[changed], nu[changed], q[changed]
+                nv[idx] = nu
+                qv[idx] = q
+                tv.index_fill_(0, idx, t_end)
+                t0v.index_fill_(0, idx, model.t0_s)
                 # A re-programmed device starts a new slow 1/f epoch; epoch -1 makes its next use draw it.
-                kv[idx] = torch.where(changed, torch.full_like(kv[idx], -1), kv[idx])
+                kv.index_fill_(0, idx, -1)
         touched = np.flatnonzero(per_core)
-        self._cache_t[touched] = -np.inf
+        self._mark_dirty(flat // g.n_devices)
         self._tp_max[touched] = t_end
 
     def program_conductances(self, cores: Any, g_us: Any) -> None:
@@ -269,7 +317,7 @@ class EmulatedChip(Chip):
             self._tp[idx] = self._t
             self._t0[idx] = self._model.t0_s
             self._k_slow[idx] = -1  # a new slow 1/f epoch, drawn when the devices are next used
-        self._cache_t[cores_a] = -np.inf
+        self._invalidate(cores_a)
         self._tp_max[cores_a] = self._t
 
     def program_weights(self, cores: Any, g_weight_us: Any, devices_per_weight: int = 1) -> None:
@@ -326,7 +374,7 @@ class EmulatedChip(Chip):
             put(self._nu, nu)
             put(self._q, q)
             put(self._t0, pair.t0_s)
-        self._cache_t[cores_a] = -np.inf
+        self._invalidate(cores_a)
 
     # ------------------------------------------------------------------ ground truth (emulator only)
     def true_conductances(self, cores: Any = None) -> np.ndarray:
@@ -359,9 +407,18 @@ class EmulatedChip(Chip):
         upd = idx[new]
         self._z_slow.view(-1)[upd] = torch.randn(upd.shape, generator=self._slow_gen, device=self.device)
         kv[upd] = epoch[new]
-        per_core = self.geometry.n_rows * self.geometry.n_cols * self.geometry.n_devices
-        hit = torch.bincount(upd // per_core, minlength=self.geometry.n_cores) > 0
-        self._cache_t[hit.cpu().numpy()] = -np.inf
+        self._mark_dirty((upd // self.geometry.n_devices).cpu().numpy())
+
+    def _invalidate(self, cores: np.ndarray) -> None:
+        """Cores whose cached matrices must be recomputed whole at the next MVM."""
+        self._cache_t[cores] = -np.inf
+        self._fresh_until = -np.inf
+
+    def _mark_dirty(self, cells: np.ndarray) -> None:
+        """Cells (global flat index core x rows x cols) whose cached matrix entries are out of date."""
+        self._dirty.reshape(-1)[cells] = True
+        self._dirty_cores[np.unique(cells // self._dirty.shape[1])] = True
+        self._any_dirty = True
 
     def _noisy_read(self, flat: np.ndarray) -> torch.Tensor:
         """Drifted conductances with the slow (frozen) and a fresh fast 1/f read noise, flat devices [uS]."""
@@ -407,84 +464,162 @@ class EmulatedChip(Chip):
 
     # ------------------------------------------------------------------ cached MVM matrices
     def _refresh(self, cores: np.ndarray) -> None:
-        """Recompute drifted G+ - G-, G+ + G- (with the slow read noise) and the fast read-noise variance
-        of ``cores`` where stale: programmed, a device entered a new slow epoch, or drifted past the tolerance."""
+        """Bring the cached drifted G+ - G-, G+ + G- (with the slow read noise) and the fast read-noise
+        variance of ``cores`` up to date.
+
+        A whole core is recomputed when it was programmed by the fast paths, a device entered a new
+        slow epoch, or the clock moved past the drift tolerance. Cells whose devices were pulsed or
+        got a new slow normal since (``_dirty``) are recomputed alone while the rest of their core is
+        still within the tolerance (far cheaper during program-and-verify and GDP, which pulse a
+        fraction of the cells between MVMs); with IR drop (column-coupled) their core is recomputed.
+        """
+        if self._t < self._fresh_until and not self._any_dirty:  # the common case of repeated MVMs
+            return
         tol = self.preset.numerics.drift_rel_tol
         age = self._cache_t[cores] - self._tp_max[cores] + self._t0_min
-        stale = cores[((self._t - self._cache_t[cores]) > tol * np.maximum(age, 0.0)) | (self._t >= self._slow_next[cores])]
-        if stale.size == 0:
-            return
-        g, nm, per = self.geometry, self.preset.noise, self.preset.periphery
-        half = g.n_devices // 2
+        full = ((self._t - self._cache_t[cores]) > tol * np.maximum(age, 0.0)) | (self._t >= self._slow_next[cores])
+        dirty = ~full & self._dirty_cores[cores]
+        if dirty.any():
+            per_core = self._dirty.shape[1]
+            dense = self._dirty[cores].sum(1) > per_core // _DENSE_DIRTY
+            promote = dirty & (dense | self.preset.periphery.ir_drop)
+            full |= promote
+            dirty &= ~promote
+        stale = cores[full]
         for start in range(0, stale.size, _CORE_CHUNK):
             chunk = stale[start:start + _CORE_CHUNK]
             cs = torch.from_numpy(chunk).to(self.device)
             with torch.no_grad():
-                tp = self._tp[cs]
-                ts = (self._t - tp).float().clamp_min_(0.0)
-                del tp
-                t0 = self._t0[cs]
-                log_age = torch.log1p(ts.div(t0))
-                gd = self._g[cs].mul_(torch.exp(log_age.mul(self._nu[cs]).neg_()))
-                epoch = slow_epoch(log_age, nm.slow_redraw_frac)
-                del log_age
-                k_old = self._k_slow[cs]
-                z = self._z_slow[cs]
-                new = epoch != k_old
-                n_new = int(new.sum())
-                if n_new == z.numel():  # all devices in a new epoch (after programming): no masked scatter
-                    z = torch.randn(z.shape, generator=self._slow_gen, device=self.device)
-                elif n_new:
-                    z[new] = torch.randn(n_new, generator=self._slow_gen, device=self.device)
-                if n_new:
-                    self._z_slow[cs] = z
-                    self._k_slow[cs] = epoch
-                del k_old, new
-                age = ts.add_(t0)
-                # Time to the next slow epoch: t0 (1 + f)^(k+1) - a, 1e-5 late so that the float32
-                # epoch above has turned by then (or every MVM in between would recompute the core).
-                rem = torch.exp((epoch.float() + 1.0).mul_(math.log1p(nm.slow_redraw_frac))).mul_(t0).mul_(1.0 + 1e-5).sub_(age)
+                wp, wn, var, rem = self._cell_terms(lambda t, cs=cs: t[cs], lambda t, v, cs=cs: t.__setitem__(cs, v))
                 self._slow_next[chunk] = self._t + rem.view(len(chunk), -1).amin(1).double().cpu().numpy()
-                del rem, epoch, t0
-                if self._t0_min >= nm.fast_corner_s:  # always for the shipped presets: one fast factor
-                    fast_sd: torch.Tensor | float = math.sqrt(self._model.log_band(nm.fast_corner_s))
-                    slow_sd = self._model.log_band(age).sub_(fast_sd**2).clamp_min_(0.0).sqrt_()
-                else:
-                    slow_sd, fast_sd = band_split(self._model, age, nm.fast_corner_s)
-                del age
-                gq = self._q[cs].mul_(gd).mul_(nm.read_noise_scale)
-                var = (gq * (fast_sd * nm.fast_mvm_scale)).square_().sum(-1)
-                g_now = gd.add_(gq.mul_(slow_sd).mul_(z).mul_(nm.slow_noise_scale)).clamp_min_(0.0)
-                del slow_sd, gq, z
-                wp, wn = g_now[..., :half].sum(-1), g_now[..., half:].sum(-1)
-                del g_now
-                if per.ir_drop:
-                    # First-order static IR drop, worst case of full inputs: the bit-line voltage
-                    # at row r sags by R_wire x (r + 1) x the column's summed current (ASSUMPTION).
-                    rows = torch.arange(1, g.n_rows + 1, device=self.device, dtype=wp.dtype)[None, :, None]
-                    load = (wp + wn).sum(1, keepdim=True) * 1e-6 * per.ir_drop_ohm_per_cell
-                    att = 1.0 / (1.0 + rows * load)
-                    wp, wn = wp * att, wn * att
-                self._w_diff[cs] = (wp - wn).to(self._w_diff.dtype)
-                self._w_sum[cs] = (wp + wn).to(self._w_sum.dtype)
-                self._w_var[cs] = var.to(self._w_var.dtype)
+                if self.preset.periphery.ir_drop:
+                    wp, wn = self._ir_drop(wp, wn)
+                wd, ws, wv = (wp - wn).to(self._w_diff.dtype), (wp + wn).to(self._w_sum.dtype), var.to(self._w_var.dtype)
+                self._w_diff[cs], self._w_sum[cs], self._w_var[cs] = wd, ws, wv
+                if self._w3 is not None:
+                    self._w3[cs] = torch.cat([wd, ws, wv], -1).transpose(1, 2)
         self._cache_t[stale] = self._t
+        self._dirty[stale] = False
+        self._dirty_cores[stale] = False
+        if dirty.any():
+            self._refresh_cells(cores[dirty])
+        # Until when every core stays valid without a recompute (a lower bound; any change resets it).
+        all_age = np.maximum(self._cache_t - self._tp_max + self._t0_min, 0.0)
+        self._fresh_until = float(np.minimum(self._cache_t + tol * all_age, self._slow_next).min())
+        self._any_dirty = bool(self._dirty_cores.any())
+
+    def _refresh_cells(self, cores: np.ndarray) -> None:
+        """Recompute the dirty cells of ``cores`` (whose other cells are still valid) at the current time."""
+        g = self.geometry
+        per_core = g.n_rows * g.n_cols
+        rows = self._dirty[cores]
+        local = np.nonzero(rows)
+        cell = cores[local[0]] * per_core + local[1]  # global cell index (core, row, col), ascending
+        ci = torch.from_numpy(cell).to(self.device)
+        d = g.n_devices
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t.view(-1, d)[ci]
+
+        def put(t: torch.Tensor, v: torch.Tensor) -> None:
+            t.view(-1, d)[ci] = v
+
+        with torch.no_grad():
+            wp, wn, var, rem = self._cell_terms(take, put)
+            wd, ws, wv = (wp - wn).to(self._w_diff.dtype), (wp + wn).to(self._w_sum.dtype), var.to(self._w_var.dtype)
+            self._w_diff.view(-1)[ci], self._w_sum.view(-1)[ci], self._w_var.view(-1)[ci] = wd, ws, wv
+            if self._w3 is not None:
+                # the stacked transposed matrices (cores, 3 cols, rows): cell (k, r, c) -> (k 3C + c) R + r
+                c, r = g.n_cols, g.n_rows
+                k, rc = cell // per_core, cell % per_core
+                base = torch.from_numpy((k * 3 * c + rc % c) * r + rc // c).to(self.device)
+                flat = self._w3.view(-1)
+                flat[base], flat[base + c * r], flat[base + 2 * c * r] = wd, ws, wv
+        core_of = cell // per_core
+        nxt = np.full(g.n_cores, np.inf)
+        np.minimum.at(nxt, core_of, self._t + rem.amin(-1).double().cpu().numpy())
+        self._slow_next = np.minimum(self._slow_next, nxt)
+        self._dirty[cores] = False
+        self._dirty_cores[cores] = False
+
+    def _cell_terms(self, take: Any, put: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Drifted G+ and G- sums (with the slow read noise), fast-noise variance and time to the next
+        slow epoch [s] of the cells that ``take(state)`` gathers (shape (..., devices)); new slow normals
+        (devices in a new epoch) are drawn in the gathered order and stored with ``put(state, value)``."""
+        nm = self.preset.noise
+        half = self.geometry.n_devices // 2
+        ts = (self._t - take(self._tp)).float().clamp_min_(0.0)
+        t0 = take(self._t0)
+        log_age = torch.log1p(ts.div(t0))
+        gd = take(self._g).mul_(torch.exp(log_age.mul(take(self._nu)).neg_()))
+        epoch = slow_epoch(log_age, nm.slow_redraw_frac)
+        del log_age
+        k_old = take(self._k_slow)
+        z = take(self._z_slow)
+        new = epoch != k_old
+        n_new = int(new.sum())
+        if n_new == z.numel():  # all devices in a new epoch (after programming): no masked scatter
+            z = torch.randn(z.shape, generator=self._slow_gen, device=self.device)
+        elif n_new:
+            z[new] = torch.randn(n_new, generator=self._slow_gen, device=self.device)
+        if n_new:
+            put(self._z_slow, z)
+            put(self._k_slow, epoch)
+        del k_old, new
+        age = ts.add_(t0)
+        # Time to the next slow epoch: t0 (1 + f)^(k+1) - a, 1e-5 late so that the float32
+        # epoch above has turned by then (or every MVM in between would recompute the core).
+        rem = torch.exp((epoch.float() + 1.0).mul_(math.log1p(nm.slow_redraw_frac))).mul_(t0).mul_(1.0 + 1e-5).sub_(age)
+        del epoch, t0
+        if self._t0_min >= nm.fast_corner_s:  # always for the shipped presets: one fast factor
+            fast_sd: torch.Tensor | float = math.sqrt(self._model.log_band(nm.fast_corner_s))
+            slow_sd = self._model.log_band(age).sub_(fast_sd**2).clamp_min_(0.0).sqrt_()
+        else:
+            slow_sd, fast_sd = band_split(self._model, age, nm.fast_corner_s)
+        del age
+        gq = take(self._q).mul_(gd).mul_(nm.read_noise_scale)
+        var = (gq * (fast_sd * nm.fast_mvm_scale)).square_().sum(-1)
+        g_now = gd.add_(gq.mul_(slow_sd).mul_(z).mul_(nm.slow_noise_scale)).clamp_min_(0.0)
+        del slow_sd, gq, z
+        return g_now[..., :half].sum(-1), g_now[..., half:].sum(-1), var, rem
+
+    def _ir_drop(self, wp: torch.Tensor, wn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-order static IR drop, worst case of full inputs: the bit-line voltage at row r sags by
+        R_wire x (r + 1) x the column's summed current (ASSUMPTION). ``wp``/``wn``: (n, rows, cols)."""
+        per = self.preset.periphery
+        rows = torch.arange(1, self.geometry.n_rows + 1, device=self.device, dtype=wp.dtype)[None, :, None]
+        load = (wp + wn).sum(1, keepdim=True) * 1e-6 * per.ir_drop_ohm_per_cell
+        att = 1.0 / (1.0 + rows * load)
+        return wp * att, wn * att
 
     # ------------------------------------------------------------------ MVM
+    def validate_mvm(self, x: Any, cores: Any, output: str, mode: str) -> tuple[Any, np.ndarray]:
+        """As :meth:`hil.Chip.validate_mvm`; on a GPU one call may move up to 2**30 values (a full
+        chip at batch 65,536: about 40 GiB of temporaries), on the CPU the default 2**28."""
+        limit = MAX_GPU_MVM_VALUES if self.device.type == "cuda" else args.MAX_MVM_VALUES
+        return args.mvm(self.geometry, x, cores, output, mode, max_values=limit)
+
     def _mvm(self, x: Any, cores: np.ndarray, output: str, mode: str) -> Any:
         as_numpy = not isinstance(x, torch.Tensor)
-        xt = torch.from_numpy(np.array(x, copy=not np.asarray(x).flags.writeable or None, order='C')) if as_numpy else x
+        if as_numpy:
+            xa = np.asarray(x)
+            if xa.ndim == 3 and xa.shape[0] > 1 and xa.strides[0] == 0:  # shared inputs: convert one copy
+                xt = torch.from_numpy(np.array(xa[0]))[None].expand(xa.shape)
+            else:
+                xt = torch.from_numpy(xa if xa.flags.writeable else xa.copy())
+        else:
+            xt = x
         self._refresh(cores)
         all_cores = cores.size == self.geometry.n_cores and bool(np.all(cores == self._all_cores))
-        if all_cores:
-            wd, ws, wv = self._w_diff, self._w_sum, self._w_var
-            gain, off = self._adc_gain, self._adc_offset
-        else:
+        stacked = self._w3 is not None and xt.shape[1] <= STACK_MAX_BATCH
+        mats: tuple[torch.Tensor, ...] = (self._w3,) if stacked else (self._w_diff, self._w_sum, self._w_var)  # type: ignore[assignment]
+        gain, off = self._adc_gain, self._adc_offset
+        if not all_cores:
             ci = torch.from_numpy(cores).to(self.device)
-            wd, ws, wv = self._w_diff[ci], self._w_sum[ci], self._w_var[ci]
-            gain, off = self._adc_gain[ci], self._adc_offset[ci]
+            mats = tuple(m[ci] for m in mats)
+            gain, off = gain[ci], off[ci]
         with torch.no_grad():
-            counts = self._counts(xt.to(self.device), wd, ws, wv, gain, off, mode, cores)
+            counts = self._counts(xt.to(self.device), mats, gain, off, mode, cores)
             timing = self.preset.timing
             self._advance_ns(xt.shape[1] * (timing.mvm_4phase_ns if mode == "4phase" else timing.mvm_1phase_ns))
             if output == "ldpu":
@@ -494,35 +629,76 @@ class EmulatedChip(Chip):
                 out = counts
         return out.cpu().numpy() if as_numpy else out
 
-    def _counts(self, x: torch.Tensor, wd: torch.Tensor, ws: torch.Tensor, wv: torch.Tensor,
-                gain: torch.Tensor, off: torch.Tensor, mode: str, cores: np.ndarray) -> torch.Tensor:
-        """Raw ADC_P - ADC_N counts (int32) of inputs ``x`` (n, B, rows) on the given matrices."""
-        xsq = x.to(wv.dtype)
-        std = torch.bmm(xsq.mul_(xsq), wv)
-        del xsq
-        noise = periphery.fill_normal(torch.empty(std.shape, device=std.device), self._noise_gens)
-        noise.mul_(std.sqrt_())
-        del std
-        xf = x.to(wd.dtype)
-        window = self.preset.periphery.window_ns
-        if mode == "4phase":
-            d = noise.add_(torch.bmm(xf, wd))
-            s = torch.bmm(xf.abs_(), ws).float()
-            del xf
-            # P = (S + D) / 2 and N = (S - D) / 2: the 1/2 is folded into the charge scale.
-            p = s.add(d)
-            n = s.sub_(d)
-            del d
-            cp = periphery.cco_counts(p, 4 * window, gain, off, self.preset, count_window_ns=2 * window)
-            cn = periphery.cco_counts(n, 4 * window, gain, off, self.preset, count_window_ns=2 * window)
-            return self._output_noise(cp.sub_(cn), cores).to(torch.int32)
+    def _products(self, x: torch.Tensor, mats: tuple[torch.Tensor, ...],
+                  mode: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The matmuls of an MVM of inputs ``x`` (n, B, rows): ``(d, s, var)`` (n, B, cols) in the matmul
+        dtype (the ADC chain converts them to float32).
+
+        d = x (G+ - G-) [4-phase; 1-phase: x G + a x+ G], s = |x| (G+ + G-) (4-phase only, else None),
+        var = x^2 Var(G) of the fast read noise. ``mats``: (stacked [D | S | Var],) for one matmul of the
+        stacked inputs, or (D, S, Var). Inputs are exact in bf16 (|x| <= 127); x^2 is rounded there
+        (0.4 %, it only scales the noise).
+        """
+        c = self.geometry.n_cols
+        b = x.shape[1]
+        xf = x.to(mats[0].dtype)
         a = self.preset.periphery.polarity_asymmetry
-        q = noise.add_(torch.bmm(xf, wd))
-        if a > 0:
-            q.add_(torch.bmm(xf.clamp_(min=0), wd), alpha=a)
-        sign = torch.sign(q)
-        c = periphery.cco_counts(q.abs_(), window, gain, off, self.preset)
-        return self._output_noise(c.mul_(sign), cores).to(torch.int32)
+        if mode == "4phase":
+            second = xf.abs()
+        elif a > 0:
+            second = xf.clamp(min=0)
+        else:
+            second = None
+        if len(mats) == 1:
+            parts = [xf, xf.square()] if second is None else [xf, second, xf.square()]
+            # (n, 3 C, rows) @ (n, rows, k B) -> transposed (n, k B, 3 C); the k diagonal blocks are used
+            y = torch.bmm(mats[0], torch.cat(parts, 1).transpose(1, 2)).transpose(1, 2)
+            d = y[:, :b, :c]
+            if second is None:
+                return d, None, y[:, b:, 2 * c :]
+            var = y[:, 2 * b :, 2 * c :]
+            if mode == "4phase":
+                return d, y[:, b : 2 * b, c : 2 * c], var
+            return d.float().add_(y[:, b : 2 * b, :c], alpha=a), None, var
+        wd, ws, wv = mats
+        var = torch.bmm((xf if wv.dtype == xf.dtype else x.to(wv.dtype)).square(), wv)
+        d = torch.bmm(xf, wd)
+        if mode == "4phase":
+            return d, torch.bmm(second, ws), var
+        if second is not None:
+            d = d.float().add_(torch.bmm(second, wd), alpha=a)
+        return d, None, var
+
+    def _counts(self, x: torch.Tensor, mats: tuple[torch.Tensor, ...],
+                gain: torch.Tensor, off: torch.Tensor, mode: str, cores: np.ndarray) -> torch.Tensor:
+        """Raw ADC_P - ADC_N counts (int32) of inputs ``x`` (n, B, rows) on the given matrices.
+
+        The elementwise ADC chain runs in place on chunks of cores that fit in the cache (on CPU);
+        the fast read noise is one fill of the whole output from the seeded streams, so the chunking
+        does not change the draws.
+        """
+        d, s, var = self._products(x, mats, mode)
+        noise = periphery.fill_normal(torch.empty(d.shape, device=d.device), self._noise_gens)
+        n, b, c = d.shape
+        if self._adc_chain == "compiled" and n * b * c >= COMPILE_MIN_OUTPUTS:
+            plain = self.preset.noise.output_noise_counts <= 0  # no output noise: the kernel writes int32
+            fused = periphery.fused_adc(self.preset, mode, as_int32=plain)
+            d, var = d.contiguous(), var.contiguous()  # strided views (small batch) would specialise the kernel
+            counts = fused(d, d if s is None else s.contiguous(), var, noise, gain, off)
+            return counts if plain else self._output_noise(counts, cores).to(torch.int32)
+        step = n if d.device.type != "cpu" else max(1, _ADC_CHUNK // max(1, b * c))
+        out = torch.empty(d.shape, dtype=torch.int32, device=d.device)
+        for i in range(0, n, step):
+            sl = slice(i, i + step)
+            # Work in place on float32 chunks; bf16 products are converted first (mixed-dtype
+            # elementwise ops run unvectorised). The noise chunk, once used, is the scratch buffer.
+            q = _own_float(d[sl]).addcmul_(noise[sl], var[sl].float().sqrt_())  # signal + fast read noise
+            if mode == "4phase":
+                counts = periphery.adc_4phase(_own_float(s[sl]), q, gain[sl], off[sl], self.preset, scratch=noise[sl])
+            else:
+                counts = periphery.adc_1phase(q, gain[sl], off[sl], self.preset, scratch=noise[sl])
+            out[sl] = self._output_noise(counts, cores[sl])
+        return out
 
     def _output_noise(self, counts: torch.Tensor, cores: np.ndarray) -> torch.Tensor:
         """Add the input-independent output noise [counts] per column (frozen pattern or fresh per MVM),

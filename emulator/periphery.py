@@ -21,6 +21,7 @@ read voltage (V) they are in fC (uA ns). The MVM keeps four facts of the chip:
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 
@@ -47,23 +48,109 @@ def fill_normal(out: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
 
 
 def cco_counts(charge: torch.Tensor, charge_window_ns: float, gain: torch.Tensor, offset: torch.Tensor,
-               preset: EmulatorPreset, count_window_ns: float | None = None) -> torch.Tensor:
+               preset: EmulatorPreset, count_window_ns: float | None = None,
+               scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Counter values (float, floored, clipped to the counter) of one ADC counter.
 
     ``charge`` [uS LSB] is turned into the mean current i = charge x V_read x ns/LSB /
-    ``charge_window_ns`` [uA]; the counter integrates f(i) over ``count_window_ns`` (default the same).
-    Modifies ``charge`` in place. ``gain``/``offset``: (n, 1, n_cols) in counts/(ns uA), counts/ns.
+    ``charge_window_ns`` [uA], clipped to [0, i_sat]; the counter integrates
+    f(i) = A_c i / (1 + B i) + C_c [counts/ns] over ``count_window_ns`` (default the same).
+    Works in place on ``charge`` (returned); ``scratch`` (same shape, float32) holds 1 + B i, else a
+    new tensor. ``gain``/``offset``: (n, 1, n_cols) in counts/(ns uA), counts/ns. The clip is applied
+    to the charge (at i_sat / k) and the scale k folded into the gain.
     """
     adc, per = preset.adc, preset.periphery
     t = charge_window_ns if count_window_ns is None else count_window_ns
-    i = charge.mul_(per.v_read_v * per.pwm_ns_per_lsb / charge_window_ns).clamp_(0.0, adc.i_sat_ua)  # uA
+    k = per.v_read_v * per.pwm_ns_per_lsb / charge_window_ns  # uA per charge unit
+    c = charge.clamp_(0.0, adc.i_sat_ua / k)
     if adc.nonlinearity_per_ua > 0:
-        f = torch.mul(i, gain * t).div_(i.mul_(adc.nonlinearity_per_ua).add_(1.0))
+        den = torch.mul(c, adc.nonlinearity_per_ua * k, out=scratch).add_(1.0)  # 1 + B i
+        f = c.mul_(gain * (k * t)).div_(den)
     else:
-        f = i.mul_(gain * t)
-    if adc.offset_ghz != 0 or adc.offset_sigma_ghz != 0:
+        f = c.mul_(gain * (k * t))
+    if _has_offset(preset):
         f.add_(offset * t)
     return f.floor_().clamp_(0.0, float(2**adc.counter_bits - 1))
+
+
+def _has_offset(preset: EmulatorPreset) -> bool:
+    return preset.adc.offset_ghz != 0 or preset.adc.offset_sigma_ghz != 0
+
+
+def adc_4phase(s: torch.Tensor, d: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor,
+               preset: EmulatorPreset, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """ADC_P - ADC_N (float counts) of a 4-phase MVM from S = |x| (G+ + G-) and D = x (G+ - G-)
+    (read noise included) [uS LSB]: P = (S + D)/2 over windows 1 and 4, N = (S - D)/2 over 2 and 3.
+    The 1/2 is folded into the charge scale (4 windows). In place: ``s`` becomes P, ``d`` N (float32)."""
+    window = preset.periphery.window_ns
+    n = torch.sub(s, d, out=d)  # S - D
+    p = s.add_(s).sub_(n)  # 2 S - (S - D) = S + D, without another buffer
+    cp = cco_counts(p, 4 * window, gain, offset, preset, count_window_ns=2 * window, scratch=scratch)
+    cn = cco_counts(n, 4 * window, gain, offset, preset, count_window_ns=2 * window, scratch=scratch)
+    return cp.sub_(cn)
+
+
+def adc_1phase(q: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor, preset: EmulatorPreset,
+               scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Signed counts of a 1-phase MVM from its net charge ``q`` [uS LSB] (read noise included): one
+    counter counts |q|, the sign of the net current says which. ``q`` is overwritten."""
+    sign = torch.sign(q)
+    return cco_counts(q.abs_(), preset.periphery.window_ns, gain, offset, preset, scratch=scratch).mul_(sign)
+
+
+def adc_reference(d: torch.Tensor, s: torch.Tensor, var: torch.Tensor, noise: torch.Tensor, gain: torch.Tensor,
+                  offset: torch.Tensor, preset: EmulatorPreset, mode: str) -> torch.Tensor:
+    """The whole ADC chain as pure torch ops, from the matmul products to float counts (before the
+    output noise): q = d + noise sqrt(var), then :func:`adc_4phase` (``s`` used) or :func:`adc_1phase`.
+
+    The same formulas as the eager path, written without in-place ops so that ``torch.compile``
+    fuses them into one loop (:func:`fused_adc`); also the reference the tests compare both with.
+    """
+    adc, per = preset.adc, preset.periphery
+    window = per.window_ns
+    q = d.float() + noise * var.float().sqrt()
+    top = float(2**adc.counter_bits - 1)
+
+    def cco(charge: torch.Tensor, charge_window_ns: float, t: float) -> torch.Tensor:
+        k = per.v_read_v * per.pwm_ns_per_lsb / charge_window_ns
+        c = charge.clamp(0.0, adc.i_sat_ua / k)
+        f = c * (gain * (k * t))
+        if adc.nonlinearity_per_ua > 0:
+            f = f / (1.0 + c * (adc.nonlinearity_per_ua * k))
+        if _has_offset(preset):
+            f = f + offset * t
+        return f.floor().clamp(0.0, top)
+
+    if mode == "4phase":
+        sf = s.float()
+        return cco(sf + q, 4 * window, 2 * window) - cco(sf - q, 4 * window, 2 * window)
+    return cco(q.abs(), window, window) * torch.sign(q)
+
+
+_FUSED: dict[tuple[str, str], Any] = {}
+
+
+def fused_adc(preset: EmulatorPreset, mode: str, as_int32: bool = False) -> Any:
+    """:func:`adc_reference` for ``preset`` and ``mode`` compiled by ``torch.compile`` (one fused loop
+    over the outputs; dynamic shapes, so one compilation serves every batch); ``as_int32``: the
+    kernel also casts the (whole-number) counts to int32. Cached per process; the first call
+    compiles (seconds; inductor keeps a disk cache for later processes)."""
+    key = (preset.model_dump_json(include={"adc", "periphery"}), mode, as_int32)
+    fn = _FUSED.get(key)
+    if fn is None:
+        # One code object serves every preset, mode and dtype: allow that many specialisations
+        # (past the limit dynamo would run the chain unfused, correct but slow).
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 64)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 256)
+
+        def chain(d: torch.Tensor, s: torch.Tensor, var: torch.Tensor, noise: torch.Tensor,
+                  gain: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+            counts = adc_reference(d, s, var, noise, gain, offset, preset, mode)
+            return counts.to(torch.int32) if as_int32 else counts
+
+        fn = _FUSED[key] = torch.compile(chain, dynamic=True)
+    return fn
 
 
 def ldpu(counts: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, relu: torch.Tensor) -> torch.Tensor:

@@ -130,9 +130,15 @@ class NumericsModel(_Model):
     """How the emulator computes (not physics)."""
 
     matmul_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="signal matmuls; auto: bfloat16 on CPUs with native bf16, else float32"
+        "auto", description="signal matmuls; auto: the faster one measured on this machine (emulator/numerics.py)"
     )
-    noise_dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="read-noise variance matmul")
+    noise_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="read-noise variance matmul; auto: as matmul_dtype"
+    )
+    adc_chain: Literal["auto", "eager", "compiled"] = Field(
+        "auto", description="elementwise ADC chain: eager torch ops, or one torch.compile kernel; auto: what "
+        "`hil bench` measured on this machine (eager where it has not)"
+    )
     drift_rel_tol: float = Field(1e-3, ge=0.0, le=0.1, description="recompute drifted matrices after dt > tol (t - t_p + t0)")
 
 

@@ -150,11 +150,13 @@ def core_list(g: Geometry, cores: Any, name: str = "cores") -> np.ndarray:
     return cores_a
 
 
-def mvm(g: Geometry, x: Any, cores: Any, output: str, mode: str) -> tuple[Any, np.ndarray]:
+def mvm(g: Geometry, x: Any, cores: Any, output: str, mode: str,
+        max_values: int = MAX_MVM_VALUES) -> tuple[Any, np.ndarray]:
     """Check an MVM request; returns ``(x, cores)`` with ``x`` of shape (n_sel, B, n_rows).
 
     ``x`` keeps its array type (numpy or torch) so the emulator can avoid copies; shared (B, rows)
-    inputs become a stride-0 broadcast over the selected cores.
+    inputs become a stride-0 broadcast over the selected cores. ``max_values``: the most values
+    (cores x batch x max(rows, cols)) one call may move (a backend on a large GPU allows more).
     """
     if output not in MVM_OUTPUTS:
         raise ChipInputError(f"output={output!r} is not one of {MVM_OUTPUTS}.")
@@ -170,9 +172,9 @@ def mvm(g: Geometry, x: Any, cores: Any, output: str, mode: str) -> tuple[Any, n
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     batch = shape[-2] if len(shape) >= 2 else 0
     values = cores_a.size * batch * max(g.n_rows, g.n_cols)
-    if values > MAX_MVM_VALUES:
+    if values > max_values:
         raise ChipInputError(
-            f"an MVM of batch {batch} on {cores_a.size} cores moves {values} values; allowed up to {MAX_MVM_VALUES}. "
+            f"an MVM of batch {batch} on {cores_a.size} cores moves {values} values; allowed up to {max_values}. "
             "Split the batch into smaller calls."
         )
     if len(shape) == 2:

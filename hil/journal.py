@@ -6,7 +6,8 @@ The wrapper is itself a :class:`hil.Chip`: its public methods validate arguments
 backend, then its ``_`` methods call the wrapped chip's ``_`` methods and hand the validated
 arguments, the result, the chip clock after the call and wall timestamps to a journal sink (the
 :class:`hil.runs.RunWriter`). So the journal holds normalised arrays (flat int addresses, PWM
-inputs as int8, ADC counts as int32), never text or pickles, and a replay compares like with like.
+inputs as int8, ADC counts as int32 or, where the chip declares they fit, int16), never text or
+pickles, and a replay compares like with like.
 
 Emulator-only extras (ground truth, ``program_conductances``) are deliberately not forwarded: a
 protocol that used them could not be replayed or run on hardware.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import time
 from typing import Any, Protocol
+
+import numpy as np
 
 from hil.chip import Chip, ChipInfo
 from hil.ops import OPS, Op, implement_ops
@@ -91,10 +94,22 @@ class RecordingChip(Chip):
         self._sink = sink
         self._guard = guard or InterruptGuard()
         self._run_key = run_key
+        # A chip may declare that its results fit smaller integers ({"mvm.y": "<i2"}: 12-bit ADC counts);
+        # the writer then stores those journal tables narrower (docs/run-file.md).
+        narrow = getattr(sink, "narrow_table", None)
+        declared = getattr(chip, "journal_result_dtypes", None)
+        if callable(narrow) and isinstance(declared, dict) and sink.n_calls == 0:
+            for key, dtype in declared.items():
+                op, _, table = str(key).partition(".")
+                narrow(op, table, dtype)
 
     @property
     def info(self) -> ChipInfo:
         return self.inner.info
+
+    def validate_mvm(self, x: Any, cores: Any, output: str, mode: str) -> tuple[Any, np.ndarray]:
+        """The wrapped chip's MVM checks (a backend may allow larger calls than the default)."""
+        return self.inner.validate_mvm(x, cores, output, mode)
 
     def close(self) -> None:
         self.inner.close()

@@ -57,7 +57,10 @@ class Encoding:
     ``call``: per-call scalars (one row of ``/journal/<op>/call`` per call); ``tables``: element
     tables ``/journal/<op>/<name>`` holding every call's elements back to back; ``lengths`` gives
     each call's element count per table from its call rows; ``encode``/``decode`` convert between
-    the op's fields and this layout.
+    the op's fields and this layout. ``narrow``: integer tables a writer may store in a smaller
+    integer type than ``tables`` says, when the chip declares its results fit
+    (:attr:`hil.journal.RecordingChip`, ``journal_result_dtypes``): table -> the dtypes allowed, all
+    of which readers accept (decode casts to the op's result dtype).
     """
 
     call: np.dtype
@@ -65,6 +68,11 @@ class Encoding:
     encode: Callable[[Fields], tuple[tuple[Any, ...], dict[str, np.ndarray]]]
     lengths: Callable[[np.ndarray], dict[str, np.ndarray]]
     decode: Callable[[np.void, dict[str, np.ndarray]], Fields]
+    narrow: tuple[tuple[str, tuple[np.dtype, ...]], ...] = ()
+
+    def readable(self, table: str) -> tuple[np.dtype, ...]:
+        """Every dtype a reader accepts for ``table``: the declared one and its narrow forms."""
+        return (dict(self.tables)[table], *dict(self.narrow).get(table, ()))
 
 
 def _elements(table: str, dtype: np.dtype) -> Encoding:
@@ -118,7 +126,7 @@ def _mvm_decode(row: np.void, t: dict[str, np.ndarray]) -> Fields:
         "cores": t["cores"],
         "output": int(row["output"]),
         "mode": int(row["mode"]),
-        "y": t["y"].reshape(n, b, int(row["cols"])),
+        "y": t["y"].reshape(n, b, int(row["cols"])).astype(np.int32, copy=False),  # int16 in narrowed files
     }
 
 
@@ -295,6 +303,8 @@ OPS: dict[str, Op] = {
                 encode=_mvm_encode,
                 lengths=_mvm_lengths,
                 decode=_mvm_decode,
+                # ADC counts of 12-bit counters (P - N in [-4095, 4095]) and LDPU int8 fit int16.
+                narrow=(("y", (np.dtype("<i2"), np.dtype("i1"))),),
             ),
         ),
         Op(

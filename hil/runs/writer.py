@@ -90,6 +90,17 @@ def _compression_pays(sample: np.ndarray) -> bool:
     return len(zlib.compress(raw, 1)) < 0.75 * len(raw)
 
 
+#: Journal tables of MVM inputs and results: with ``compression="auto"`` they are not deflated once
+#: one call moves at least this many bytes (MVM-heavy runs: deflate at level 1 costs about three times
+#: the emulator's own time per call on 2 cores, python -m tests.benchmarks.bench_runs --inference).
+THROUGHPUT_FIRST_BYTES = 256 * 1024
+_THROUGHPUT_TABLES = ("journal/mvm/x", "journal/mvm/y")
+
+
+def _throughput_first(series: Any) -> bool:
+    return series.path in _THROUGHPUT_TABLES and series.first_block >= THROUGHPUT_FIRST_BYTES
+
+
 def _chunks(trailing: tuple[int, ...], itemsize: int, first_rows: int) -> tuple[int, ...]:
     """Chunk shape for a dataset growing along axis 0: 16 kB-1 MB (the first rows' size), at most 4 MB."""
     row_bytes = max(1, int(np.prod(trailing, dtype=np.int64)) * itemsize)
@@ -184,10 +195,22 @@ def _prefix(batch: list[tuple[Any, list[np.ndarray]]], frac: float) -> list[tupl
     return out
 
 
+def _narrowed(arr: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """``arr`` cast to the integer ``dtype``, refusing values it cannot hold."""
+    if arr.size:
+        info = np.iinfo(dtype)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise RunFileError(f"{where}: value {lo if lo < info.min else hi} does not fit {dtype} "
+                               f"[{info.min}, {info.max}], the range the chip declared for its results.")
+    return arr.astype(dtype)
+
+
 class _Series:
     """One appendable dataset (rows of a fixed dtype and trailing shape) and its unwritten rows."""
 
-    __slots__ = ("attrs", "blocks", "created", "dtype", "n_pending", "n_written", "path", "row_mode", "rows", "shape")
+    __slots__ = ("attrs", "blocks", "created", "dtype", "first_block", "n_pending", "n_written", "path", "row_mode",
+                 "rows", "shape")
 
     def __init__(self, path: str, dtype: Any, shape: tuple[int, ...] = (), *, row_mode: bool, attrs: dict | None = None):
         self.path = path
@@ -200,6 +223,7 @@ class _Series:
         self.n_pending = 0
         self.n_written = 0
         self.created = False
+        self.first_block = 0  # bytes of the first block pushed (one call's elements, for journal tables)
 
     def take(self) -> list[np.ndarray] | None:
         """The pending rows as a list of arrays (small blocks joined, large ones as they are)."""
@@ -311,6 +335,7 @@ class RunWriter:
         self._views_pending: list[str] = []  # streams whose netCDF view is written with their datasets
         self._op_rows = dict.fromkeys(OPS, 0)
         self._op_series: dict[str, tuple[_Series, dict[str, _Series]]] = {}
+        self._narrow: dict[tuple[str, str], np.dtype] = {}  # journal tables stored in a smaller int type
         self._n_calls = 0
         self._pending_bytes = 0
         self._flush_requested = 0
@@ -398,10 +423,14 @@ class RunWriter:
             enc = spec.encoding
             series = (
                 self._new_series(f"journal/{op}/call", enc.call, row_mode=True),
-                {name: self._new_series(f"journal/{op}/{name}", dt, row_mode=False) for name, dt in enc.tables},
+                {name: self._new_series(f"journal/{op}/{name}", self._narrow.get((op, name), dt), row_mode=False)
+                 for name, dt in enc.tables},
             )
             self._op_series[op] = series
         row, tables = OPS[op].encoding.encode(fields)
+        for name in tables:
+            if (op, name) in self._narrow:  # checked before anything is queued: a refusal leaves no half call
+                tables[name] = _narrowed(tables[name], self._narrow[(op, name)], f"journal/{op}/{name}")
         with self._cond:
             call_series, table_series = series
             call_series.rows.append(row)
@@ -518,6 +547,19 @@ class RunWriter:
             raise error
 
     # ------------------------------------------------------------------ internals
+    def narrow_table(self, op: str, table: str, dtype: Any) -> None:
+        """Store journal table ``/journal/<op>/<table>`` in the smaller integer ``dtype`` (one of the
+        op's ``Encoding.narrow`` forms, e.g. mvm ``y`` as int16). Call before the op's first call; a
+        later value outside ``dtype`` raises :class:`RunFileError` (the chip broke its declared range)."""
+        dt = np.dtype(dtype)
+        spec = OPS.get(op)
+        if spec is None or dt not in dict(spec.encoding.narrow).get(table, ()):
+            allowed = [str(d) for d in dict(spec.encoding.narrow).get(table, ())] if spec is not None else []
+            raise RunFileError(f"journal table {op}/{table} cannot be stored as {dt}; allowed: {allowed or 'none'}.")
+        if op in self._op_series:
+            raise RunFileError(f"journal table {op}/{table}: narrow it before the first {op} call.")
+        self._narrow[(op, table)] = dt
+
     def _new_series(
         self, path: str, dtype: Any, shape: tuple[int, ...] = (), *, row_mode: bool, attrs: dict | None = None
     ) -> _Series:
@@ -529,6 +571,8 @@ class RunWriter:
         self._push_block_series(self._series[key], arr)
 
     def _push_block_series(self, series: _Series, arr: np.ndarray) -> None:
+        if not series.first_block:
+            series.first_block = arr.nbytes
         series.blocks.append(arr)
         series.n_pending += arr.shape[0]
         self._pending_bytes += arr.nbytes
@@ -664,7 +708,9 @@ class RunWriter:
     def _create(self, f: h5py.File, series: _Series, data: np.ndarray) -> None:
         itemsize = series.dtype.itemsize
         chunks = _chunks(series.shape, itemsize, data.shape[0])
-        compress = self._compression == "gzip" or (self._compression == "auto" and _compression_pays(data))
+        compress = self._compression == "gzip" or (
+            self._compression == "auto" and not _throughput_first(series) and _compression_pays(data)
+        )
         kwargs: dict[str, Any] = {"compression": "gzip", "compression_opts": 1} if compress else {}
         if compress and itemsize > 1 and series.dtype.kind not in "SV":
             kwargs["shuffle"] = True

@@ -2,9 +2,11 @@
 
 Prints one JSON object (``--json``) or a table: full-chip MVMs per second (64 cores x 256 x 256,
 8-bit inputs, read noise and ADC model on, per-core inputs) at batch 1, 64 and 1024 as
-``chip_mvm_per_s`` (chip MVM calls/s; multiply by the batch for vectors/s), a plain torch fp32
-batched matmul of the same shapes as ``torch_bmm_per_s``, their ratio, and programming pulses per
-second as ``pulses_per_s``.
+``chip_mvm_per_s`` (chip MVM calls/s) and ``chip_vectors_per_s`` (calls x batch: input vectors per
+core per second, the unit other tools count), a plain torch fp32 batched matmul of the same shapes as
+``torch_bmm_per_s``, their ratio, and programming pulses per second as ``pulses_per_s``.
+``matmul_dtype`` is the dtype the emulator chose (``emulator/numerics.py``: measured once per machine;
+``--probe`` re-measures and rewrites the table first, ``--matmul float32`` pins the exact mode).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emulator import numerics
 from emulator.chip import EmulatedChip
 from hil.chip import PulseKind
 
@@ -33,10 +36,43 @@ def _rate(fn: Callable[[], Any], min_time_s: float, min_calls: int = 3) -> float
     return n / (time.perf_counter() - start)
 
 
+def choose_adc_chain(device: torch.device, preset: str, min_time_s: float, *, replace: bool = False) -> dict[str, Any]:
+    """Measure the eager and the compiled ADC chain at batch 64 on a full chip (where this machine's
+    table has no choice yet, or ``replace``) and record the faster in the table (emulator/numerics.py).
+
+    Returns ``{"choice": ..., "eager_mvm_per_s": ..., "compiled_mvm_per_s": ...}`` (empty if the
+    table already had a choice). A compiler that fails leaves the choice eager.
+    """
+    entry = numerics.table_entry(device)
+    if entry is not None and entry.get("adc_chain") in ("eager", "compiled") and not replace:
+        return {}
+    rates: dict[str, float] = {}
+    x = np.random.default_rng(0).integers(-127, 128, (64, 256)).astype(np.int8)
+    for chain in ("eager", "compiled"):
+        chip = EmulatedChip(preset, seed=0, device=str(device), overrides={"numerics": {"adc_chain": chain}})
+        try:
+            chip.mvm(x)  # compiles
+        except Exception as exc:
+            rates[chain] = 0.0
+            rates["compile_error"] = repr(exc)[:200]  # type: ignore[assignment]
+            continue
+        rates[chain] = round(_rate(lambda chip=chip: chip.mvm(x), min_time_s / 2), 2)
+        del chip
+    choice = "compiled" if rates.get("compiled", 0.0) > 1.05 * rates["eager"] else "eager"
+    numerics.set_adc_chain(device, choice, rates, replace=True)
+    return {"choice": choice, **{f"{k}_mvm_per_s" if k != "compile_error" else k: v for k, v in rates.items()}}
+
+
 def run_bench(batches: tuple[int, ...] = (1, 64, 1024), min_time_s: float = 2.0, device: str = "cpu",
-              preset: str = "hermes", seed: int = 0) -> dict[str, Any]:
+              preset: str = "hermes", seed: int = 0, matmul: str = "auto", probe: bool = False) -> dict[str, Any]:
     """Measure and return the benchmark figures (see the module docstring)."""
-    chip = EmulatedChip(preset, seed=seed, device=device)
+    probed = None
+    if probe:
+        probed = numerics.probe(torch.device(device))
+        numerics.write_entry(torch.device(device), probed, replace=True)
+    chain = choose_adc_chain(torch.device(device), preset, min_time_s, replace=probe)
+    overrides = None if matmul == "auto" else {"numerics": {"matmul_dtype": matmul}}
+    chip = EmulatedChip(preset, seed=seed, device=device, overrides=overrides)
     g = chip.geometry
     rng = np.random.default_rng(seed)
     w = rng.uniform(-1, 1, (g.n_cores, g.n_rows, g.n_cols)).astype(np.float32)
@@ -50,9 +86,13 @@ def run_bench(batches: tuple[int, ...] = (1, 64, 1024), min_time_s: float = 2.0,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "shape": [g.n_cores, g.n_rows, g.n_cols],
-        "matmul_dtype": str(chip._w_diff.dtype).removeprefix("torch."),
+        "matmul_dtype": chip.matmul_dtype,
+        "dtype_probe": probed,
+        "adc_chain": chip.info.details["numerics"]["adc_chain"],
+        "adc_chain_probe": chain,
         "batches": list(batches),
         "chip_mvm_per_s": {},
+        "chip_vectors_per_s": {},
         "torch_bmm_per_s": {},
         "ratio": {},
     }
@@ -79,6 +119,7 @@ def run_bench(batches: tuple[int, ...] = (1, 64, 1024), min_time_s: float = 2.0,
         t2 = _rate(bmm_call, min_time_s / 2)
         chip_rate, bmm_rate = max(c1, c2), max(t1, t2)
         result["chip_mvm_per_s"][str(b)] = round(chip_rate, 2)
+        result["chip_vectors_per_s"][str(b)] = round(chip_rate * b, 1)
         result["torch_bmm_per_s"][str(b)] = round(bmm_rate, 2)
         result["ratio"][str(b)] = round(chip_rate / bmm_rate, 3)
     # Programming pulses: one PARTIAL pulse on every device 0 of 4 full cores per call.
@@ -104,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,64,1024", help="comma-separated batch sizes")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement pair")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--matmul", default="auto", choices=["auto", *numerics.DTYPES],
+                    help="emulator matmul dtype (auto: measured per machine; float32: exact)")
+    ap.add_argument("--probe", action="store_true", help="re-measure the dtype table entry of this machine first")
     args = ap.parse_args(argv)
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
@@ -111,14 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--batches={args.batches!r}; give comma-separated positive integers like 1,64,1024")
     if any(b < 1 or b > 65536 for b in batches):
         ap.error(f"--batches={args.batches!r}; each batch must be in [1, 65536]")
-    res = run_bench(batches, args.min_time, args.device, args.preset, args.seed)
+    res = run_bench(batches, args.min_time, args.device, args.preset, args.seed, args.matmul, args.probe)
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"device {res['device']}, torch {res['torch']}, {res['threads']} threads, matmul {res['matmul_dtype']}")
-        print(f"{'batch':>6} {'chip MVM/s':>12} {'torch bmm/s':>12} {'ratio':>7}")
+        print(f"device {res['device']}, torch {res['torch']}, {res['threads']} threads, matmul {res['matmul_dtype']}, "
+              f"ADC chain {res['adc_chain']}")
+        print(f"{'batch':>6} {'chip MVM/s':>12} {'vectors/s':>12} {'torch bmm/s':>12} {'ratio':>7}")
         for b in res["chip_mvm_per_s"]:
-            print(f"{b:>6} {res['chip_mvm_per_s'][b]:>12.1f} {res['torch_bmm_per_s'][b]:>12.1f} {res['ratio'][b]:>7.3f}")
+            print(f"{b:>6} {res['chip_mvm_per_s'][b]:>12.1f} {res['chip_vectors_per_s'][b]:>12.0f} "
+                  f"{res['torch_bmm_per_s'][b]:>12.1f} {res['ratio'][b]:>7.3f}")
         print(f"programming pulses/s: {res['pulses_per_s']:.0f}")
     return 0
 

@@ -6,7 +6,12 @@
    time, the whole run's wall time (with creating and closing the file) and the process CPU time.
    A steadier figure on a shared machine: the CPU time recording adds per call, measured against an
    instant chip (protocol thread and writer thread), as a fraction of the emulator's time per call.
-2. Write throughput for large MVM batches: ``--mvm-calls`` calls of x (1, B, 256) int8 shared over
+2. Journal cost of an MVM-heavy run (``--inference``): ``--inference-calls`` (1,000) MVM calls at batch
+   ``--inference-batch`` (256) on ``--inference-cores`` (16) full 256 x 256 cores of an emulated chip,
+   per-core int8 inputs (the worst case: nothing shared), bare and journaled in ``--repeats`` pairs:
+   wall overhead (median of journaled / bare - 1), run-file bytes per MVM and the y table's dtype
+   (int16 where the chip declares 12-bit counts).
+3. Write throughput for large MVM batches: ``--mvm-calls`` calls of x (1, B, 256) int8 shared over
    C cores and y (C, B, 256) int32 ADC counts, journaled by :class:`hil.runs.RunWriter` (auto
    compression and none) next to a plain h5py write of the same arrays into one chunked dataset.
    MB/s counts the array bytes handed over (x + y), wall time to the closed file.
@@ -57,6 +62,72 @@ def small_calls(chip: Chip, config: SmallCallsConfig, run: RunLog) -> dict[str, 
         if i % 25 == 0:
             run.log("progress", step=i, acc=acc)
     return {"calls": n_iter * 4, "acc": acc}
+
+
+class InferenceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calls: int = Field(1000, ge=1, le=1_000_000, description="MVM calls")
+    batch: int = Field(256, ge=1, le=4096, description="input vectors per call and core")
+    cores: int = Field(16, ge=1, le=64, description="cores per call")
+
+
+@register_protocol("bench-inference", InferenceConfig, description="MVM-heavy inference-like load (benchmark)")
+def inference(chip: Chip, config: InferenceConfig, run: RunLog) -> dict[str, Any]:
+    """``calls`` MVMs of fresh per-core int8 inputs on the first ``cores`` cores; logs one checksum row per 100."""
+    g = chip.geometry
+    rng = run.rng("bench")
+    cores = list(range(config.cores))
+    pool = rng.integers(-127, 128, (8, config.cores, config.batch, g.n_rows)).astype(np.int8)  # inputs cycle
+    acc = 0
+    for i in range(config.calls):
+        y = np.asarray(chip.mvm(pool[i % len(pool)], cores))
+        acc += int(y[:, 0, 0].sum())
+        if i % 100 == 0:
+            run.log("progress", step=i, acc=acc)
+    return {"calls": config.calls, "acc": acc}
+
+
+def bench_inference(calls: int, batch: int, cores: int, repeats: int, compression: str = "auto") -> dict[str, Any]:
+    """Journal cost of :func:`inference`: paired bare / journaled runs on ``emulator:hermes`` (medians);
+    ``compression``: the run file's (auto, gzip, none)."""
+    from hil.chips import backend_class
+    from hil.runner import run_protocol
+
+    emulator = backend_class("emulator")
+    cfg = InferenceConfig(calls=calls, batch=batch, cores=cores)
+    bare, journaled, sizes = [], [], []
+    dtype = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            chip = emulator.from_spec("hermes", seed=0)
+            warm = np.zeros((cores, batch, chip.geometry.n_rows), np.int8)
+            chip.mvm(warm, list(range(cores)))  # warm-up at the run's shape (and any compilation)
+            w0 = time.perf_counter()
+            inference(chip, cfg, MemoryRunLog(seed=0))
+            bare.append(time.perf_counter() - w0)
+            chip = emulator.from_spec("hermes", seed=0)
+            chip.mvm(warm, list(range(cores)))
+            w0 = time.perf_counter()
+            res = run_protocol("bench-inference", chip=chip, chip_spec="emulator:hermes", config=cfg, out=tmp, progress=False,
+                               compression=compression)
+            journaled.append(time.perf_counter() - w0)
+            sizes.append(Path(res.path).stat().st_size)
+            with h5py.File(res.path, "r") as f:
+                dtype = str(f["journal/mvm/y"].dtype)
+            Path(res.path).unlink()
+    ratio = [j / b - 1 for j, b in zip(journaled, bare, strict=True)]
+    return {
+        "calls": calls, "batch": batch, "cores": cores,
+        "bare_s": round(float(np.median(bare)), 3),
+        "journaled_s": round(float(np.median(journaled)), 3),
+        "overhead_pct": round(100 * float(np.median(ratio)), 2),
+        "bytes_per_mvm": round(float(np.median(sizes)) / calls),
+        "array_bytes_per_mvm": cores * batch * 256 * (1 + np.dtype(dtype).itemsize),
+        "y_dtype": dtype,
+        "compression": compression,
+        "repeats": repeats,
+    }
 
 
 def bench_overhead(calls: int, repeats: int, spec: str) -> dict[str, Any]:
@@ -236,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mvm-calls", type=int, default=16, help="MVM calls for the throughput test")
     parser.add_argument("--cores", type=int, default=16, help="cores per MVM call")
     parser.add_argument("--batch", type=int, default=1024, help="input vectors per MVM call")
+    parser.add_argument("--inference", action="store_true", help="only the MVM-heavy journal-cost benchmark (item 2)")
+    parser.add_argument("--inference-calls", type=int, default=1000)
+    parser.add_argument("--inference-batch", type=int, default=256)
+    parser.add_argument("--inference-cores", type=int, default=16)
+    parser.add_argument("--compression", default="auto", choices=["auto", "gzip", "none"], help="run-file compression (item 2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: small calls gain nothing from more, and on a "
                         "shared machine extra threads only add contention noise)")
@@ -246,6 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, args.threads))
     except ImportError:  # pragma: no cover - torch comes with the emulator
         pass
+    if args.inference:
+        res = bench_inference(args.inference_calls, args.inference_batch, args.inference_cores, args.repeats, args.compression)
+        if args.json:
+            print(json.dumps({"threads": args.threads, "inference": res}, indent=2))
+        else:
+            print(f"inference-like run: {res['calls']} MVMs x batch {res['batch']} on {res['cores']} cores: bare "
+                  f"{res['bare_s']} s, journaled {res['journaled_s']} s -> {res['overhead_pct']} % wall; "
+                  f"{res['bytes_per_mvm']} bytes/MVM in the file (y {res['y_dtype']})")
+        return 0
     overhead = bench_overhead(args.calls, args.repeats, args.chip)
     from hil.chips import backend_class
 

@@ -10,6 +10,8 @@ Run with ``-s`` to print the tables.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,9 @@ from emulator import EmulatedChip
 from emulator.noise import DeviceNoiseModel, get_model
 from emulator.noise.recurrence import band_split
 from hil import Geometry, grid
+
+#: Emulator device of these tests: HIL_TEST_DEVICE=cuda runs them on a GPU (tests/benchmarks/gpu_check.sh).
+DEVICE = os.environ.get("HIL_TEST_DEVICE", "cpu")
 
 LEVELS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 GEO = Geometry(n_cores=len(LEVELS), n_rows=256, n_cols=128)  # 32,768 cells x 4 devices per level
@@ -68,7 +73,7 @@ def print_table(title: str, table: dict[float, list]) -> None:
 
 @pytest.mark.parametrize("preset", ["hermes", "pcm-like"])
 def test_device_statistics_match_the_preset_formulas(preset: str) -> None:
-    chip = EmulatedChip(preset, seed=11, geometry=GEO, overrides=FINE)
+    chip = EmulatedChip(preset, seed=11, device=DEVICE, geometry=GEO, overrides=FINE)
     model = chip._model
     g_max = model.g_max_us
     target = np.empty((GEO.n_cores, GEO.n_rows, GEO.n_cols, GEO.n_devices), np.float32)
@@ -106,7 +111,7 @@ def test_device_statistics_match_the_preset_formulas(preset: str) -> None:
 
 def test_two_device_weights_match_the_pair_fit() -> None:
     geo = Geometry(n_cores=len(LEVELS))  # 65,536 weights = 131,072 devices per level
-    chip = EmulatedChip("hermes", seed=12, geometry=geo, overrides=FINE)
+    chip = EmulatedChip("hermes", seed=12, device=DEVICE, geometry=geo, overrides=FINE)
     pair = get_model("hermes-2dev")
     assert chip._pair.t0_s == 300.0 and chip._pair.g_max_us == pair.g_max_us
     w = np.empty((geo.n_cores, geo.n_rows, geo.n_cols), np.float32)
@@ -157,7 +162,7 @@ def test_mvm_fast_read_noise_variance_equals_the_device_level_model() -> None:
     sampling every device would give: checked on 131,072 output samples at one instant. The fast part
     is scaled up 10 x so that it is well above one ADC count (the floor model needs that)."""
     geo = Geometry(n_cores=4, n_rows=256, n_cols=128)
-    chip = EmulatedChip(seed=5, geometry=geo, overrides={"adc": {"gain_sigma": 0.0, "nonlinearity_per_ua": 0.0},
+    chip = EmulatedChip(seed=5, device=DEVICE, geometry=geo, overrides={"adc": {"gain_sigma": 0.0, "nonlinearity_per_ua": 0.0},
                                                        "noise": {"fast_mvm_scale": 10.0},
                                                        "numerics": {"matmul_dtype": "float32", "noise_dtype": "float32"}})
     rng = np.random.default_rng(0)

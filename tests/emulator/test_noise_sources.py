@@ -7,6 +7,7 @@ when it is drawn (programming, slow 1/f epochs, every read, every MVM, once per 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from emulator.noise.hermes import Hermes1Device
 from emulator.noise.recurrence import band_split
 from hil import ChipInputError, Geometry, grid
 
+#: Emulator device of these tests: HIL_TEST_DEVICE=cuda runs them on a GPU (tests/benchmarks/gpu_check.sh).
+DEVICE = os.environ.get("HIL_TEST_DEVICE", "cpu")
+
 GEO = Geometry(n_cores=2, n_rows=64, n_cols=64)  # 8,192 cells
 FINE_READS = {"verify": {"counts_per_us": 200.0}}  # 0.005 uS per count: quantisation far below the noise
 EXACT_ADC = {"adc": {"gain_sigma": 0.0, "nonlinearity_per_ua": 0.0},
@@ -27,7 +31,7 @@ EXACT_ADC = {"adc": {"gain_sigma": 0.0, "nonlinearity_per_ua": 0.0},
 def chip_at_level(preset: str, level: float, seed: int = 0, noise: dict | None = None, **over: dict) -> EmulatedChip:
     """Device 0 of every cell programmed to ``level`` x g_max without programming noise."""
     overrides = {**FINE_READS, **over, "noise": {"prog_noise_scale": 0.0, **(noise or {})}}
-    chip = EmulatedChip(preset, seed=seed, geometry=GEO, overrides=overrides)
+    chip = EmulatedChip(preset, seed=seed, device=DEVICE, geometry=GEO, overrides=overrides)
     target = np.zeros((GEO.n_cores, GEO.n_rows, GEO.n_cols, GEO.n_devices), np.float32)
     target[..., 0] = level * chip.preset.noise.g_max_us
     chip.program_conductances(range(GEO.n_cores), target)
@@ -78,7 +82,7 @@ def test_pcm_like_mvm_read_noise_is_the_published_magnitude() -> None:
 
 # ---------------------------------------------------------------------- found: two-device t0 and read noise
 def test_two_device_weights_drift_with_t0_300s_and_read_with_the_pair_noise() -> None:
-    chip = EmulatedChip("hermes", seed=1, geometry=GEO, overrides={**FINE_READS, "noise": {"prog_noise_scale": 0.0}})
+    chip = EmulatedChip("hermes", seed=1, device=DEVICE, geometry=GEO, overrides={**FINE_READS, "noise": {"prog_noise_scale": 0.0}})
     pair = get_model("hermes-2dev")
     w = np.full((GEO.n_cores, GEO.n_rows, GEO.n_cols), 0.5 * pair.g_max_us, np.float32)
     chip.program_weights(range(GEO.n_cores), w, devices_per_weight=2)
@@ -99,7 +103,7 @@ def test_two_device_weights_drift_with_t0_300s_and_read_with_the_pair_noise() ->
 
 
 def test_pcm_like_two_device_weights_program_each_device_on_its_own() -> None:
-    chip = EmulatedChip("pcm-like", seed=2, geometry=GEO)
+    chip = EmulatedChip("pcm-like", seed=2, device=DEVICE, geometry=GEO)
     w = np.full((GEO.n_cores, GEO.n_rows, GEO.n_cols), -10.0, np.float32)
     chip.program_weights(range(GEO.n_cores), w, devices_per_weight=2)
     g = chip.true_conductances()
@@ -147,7 +151,7 @@ def test_verify_reads_and_mvms_see_the_same_slow_part() -> None:
     geo = Geometry(n_cores=2, n_rows=32, n_cols=32)
     over = {**EXACT_ADC, "verify": {"counts_per_us": 1000.0}, "adc": {**EXACT_ADC["adc"], "counter_bits": 24},
             "noise": {"prog_noise_scale": 0.0, "fast_verify_scale": 0.0, "fast_mvm_scale": 0.0}}
-    chip = EmulatedChip("hermes", seed=5, geometry=geo, overrides=over)
+    chip = EmulatedChip("hermes", seed=5, device=DEVICE, geometry=geo, overrides=over)
     rng = np.random.default_rng(5)
     target = np.zeros((2, 32, 32, 4), np.float32)
     target[..., 0] = rng.uniform(1.0, 8.0, (2, 32, 32))
@@ -194,7 +198,7 @@ def test_output_noise_per_column_frozen_or_per_mvm(recurrence: str) -> None:
     x = np.random.default_rng(7).integers(-127, 128, (64, 32)).astype(np.int8)
     outs = []
     for over in (quiet, noisy):
-        chip = EmulatedChip("hermes", seed=7, geometry=geo, overrides=over)
+        chip = EmulatedChip("hermes", seed=7, device=DEVICE, geometry=geo, overrides=over)
         chip.program_conductances(range(4), target)
         outs.append((chip.mvm(x).astype(np.float64), chip.mvm(x).astype(np.float64)))
     d1, d2 = outs[1][0] - outs[0][0], outs[1][1] - outs[0][1]
@@ -209,11 +213,11 @@ def test_output_noise_per_column_frozen_or_per_mvm(recurrence: str) -> None:
 # ---------------------------------------------------------------------- models and presets
 def test_presets_name_their_models_and_refuse_unknown_ones() -> None:
     assert {"hermes-1dev", "hermes-2dev", "pcm-like"} <= set(model_names())
-    assert EmulatedChip("hermes", geometry=GEO)._model.name == "hermes-1dev"
-    assert isinstance(EmulatedChip("hermes", geometry=GEO)._pair, DeviceNoiseModel)
-    assert EmulatedChip("pcm-like", geometry=GEO)._pair is None
+    assert EmulatedChip("hermes", device=DEVICE, geometry=GEO)._model.name == "hermes-1dev"
+    assert isinstance(EmulatedChip("hermes", device=DEVICE, geometry=GEO)._pair, DeviceNoiseModel)
+    assert EmulatedChip("pcm-like", device=DEVICE, geometry=GEO)._pair is None
     with pytest.raises(ChipInputError, match="unknown physics model 'nope'"):
-        EmulatedChip(geometry=GEO, overrides={"noise": {"fit": "nope"}})
+        EmulatedChip(device=DEVICE, geometry=GEO, overrides={"noise": {"fit": "nope"}})
 
 
 class _TwiceTheProgrammingNoise(Hermes1Device):
@@ -228,7 +232,7 @@ class _TwiceTheProgrammingNoise(Hermes1Device):
 def test_a_new_model_class_is_usable_by_name() -> None:
     sig = {}
     for fit in ("hermes-1dev", "test-hermes-2x-prog"):
-        chip = EmulatedChip("hermes", seed=8, geometry=GEO, overrides={"noise": {"fit": fit}})
+        chip = EmulatedChip("hermes", seed=8, device=DEVICE, geometry=GEO, overrides={"noise": {"fit": fit}})
         target = np.zeros((2, 64, 64, 4), np.float32)
         target[..., 0] = 5.0
         chip.program_conductances([0, 1], target)

@@ -137,7 +137,8 @@ def test_journal_records_every_op_with_arrays_and_replay_answers_identically(tmp
         assert j.call(4).t_chip >= 86400.0 and all(j.call(i).t_wall > 1e9 for i in range(len(j)))
     # the raw datasets are numeric arrays, never text or pickles
     with h5py.File(path, "r") as f:
-        assert f["journal/mvm/y"].dtype == np.int32 and f["journal/apply_pulses/pulses"].dtype["amplitude_ua"] == np.float64
+        # mvm/y narrowed to int16: the emulator declares 12-bit ADC counts (docs/run-file.md)
+        assert f["journal/mvm/y"].dtype == np.int16 and f["journal/apply_pulses/pulses"].dtype["amplitude_ua"] == np.float64
     replayed = _exercise(ReplayChip(path))
     for a, b in zip(live, replayed, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
