@@ -209,6 +209,22 @@ class EmulatedChip(Chip):
         geometry = Geometry(**geo) if geo else None
         return cls(preset, seed=0 if seed is None else seed, device=device, geometry=geometry, overrides=overrides)
 
+    @classmethod
+    def resume_spec(cls, spec: str, info: dict[str, Any]) -> str:
+        """``spec`` with the recorded numerics pinned (``matmul=``, ``chain=``) where it leaves them open.
+
+        The matmul dtype and the ADC chain are chosen per machine (``emulator/numerics.py``); a resume
+        re-executes the journal, so it must make the run's choices, not this machine's. Parts the spec
+        names itself win; a run recorded before numerics were recorded pins nothing.
+        """
+        recorded = (info.get("details") or {}).get("numerics") or {}
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        keys = {p.partition("=")[0] for p in parts if "=" in p}
+        pins = {"matmul": recorded.get("matmul_dtype"), "chain": recorded.get("adc_chain")}
+        allowed = {"matmul": set(numerics.DTYPES), "chain": {"eager", "compiled"}}
+        extra = [f"{k}={v}" for k, v in pins.items() if k not in keys and isinstance(v, str) and v in allowed[k]]
+        return ",".join(parts + extra)
+
     @property
     def journal_result_dtypes(self) -> dict[str, str]:
         """Result tables a run file may store narrower (hil.journal): MVM outputs fit int16 while the

@@ -153,6 +153,17 @@ class Chip(ABC):
         """Build the chip from the part of a chip spec after ``NAME:`` (``--chip NAME:SPEC``)."""
         raise ChipInputError(f"{cls.__name__} cannot be opened from a chip spec; pass a chip object instead.")
 
+    @classmethod
+    def resume_spec(cls, spec: str, info: dict[str, Any]) -> str:
+        """The spec (after ``NAME:``) that rebuilds the chip a run recorded, given its ``ChipInfo`` dict.
+
+        ``hil resume`` re-executes the journal on a chip opened from this spec. A backend whose
+        construction makes machine-dependent choices (the emulator's matmul dtype, measured per
+        machine) pins the recorded ones here, so a resume on another machine or after the choice
+        changed computes what the run did. The default returns ``spec`` unchanged.
+        """
+        return spec
+
     def begin_call(self, key: str) -> None:  # noqa: B027 - optional hook
         """The next backend call is the call ``key`` (``"<run_id>:<journal index>"``) of a run.
 

@@ -58,3 +58,14 @@ def open_chip(spec: str, *, seed: int = 0) -> Chip:
     except HilError as exc:
         raise ChipInputError(f"unknown chip {spec!r}: {exc}. {SPEC_HELP}") from exc
     return cls.from_spec(rest, seed=seed)
+
+
+def resume_spec(spec: str, info: dict[str, Any]) -> str:
+    """``spec`` with what the recorded ``ChipInfo`` pins added (:meth:`hil.Chip.resume_spec`), for resume."""
+    name, sep, rest = spec.partition(":")
+    try:
+        cls = backend_class(name)
+    except HilError:
+        return spec  # open_chip says what is wrong
+    pinned = cls.resume_spec(rest, info)
+    return f"{name}:{pinned}" if (sep or pinned) else name

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import hil
 from hil.chip import Chip
-from hil.chips import open_chip
+from hil.chips import open_chip, resume_spec
 from hil.config import resolve_config
 from hil.errors import (
     ChipCommunicationError,
@@ -749,6 +749,8 @@ def _resume(
         cfg = resolve_config(spec, base=recorded.config)
         seed = recorded.seed
         chip_spec = chip if isinstance(chip, str) else recorded.chip_spec
+        if chip_spec and not isinstance(chip, Chip):
+            chip_spec = resume_spec(chip_spec, recorded.chip_info)  # the run's machine-dependent choices
         if isinstance(chip, Chip):
             live = chip
         else:

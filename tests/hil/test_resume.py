@@ -241,3 +241,39 @@ def test_a_signal_during_the_final_flush_waits_for_the_status(sig: int, tmp_path
         assert proc.returncode == -signal.SIGTERM  # delivered once the file was complete
     else:
         assert proc.returncode == 0 and "returned" in proc.stdout
+
+
+def test_resume_makes_the_runs_numerics_choice_not_this_machines(tmp_path: Path, monkeypatch) -> None:
+    """The emulator picks its matmul dtype per machine (a table); a resume where the table now says
+    otherwise (another machine, a re-measured table) must re-execute with the recorded dtype."""
+    import json
+
+    import torch
+
+    from emulator import numerics
+
+    def table(choice: str) -> Path:
+        path = tmp_path / f"table-{choice}.json"
+        path.write_text(json.dumps({numerics.machine_key(torch.device("cpu")): {"choice": choice}}))
+        return path
+
+    sets = [f"steps={STEPS}"]
+    monkeypatch.setenv("HIL_NUMERICS_TABLE", str(table("float32")))
+    ref = run_protocol("test-steps", chip=SMALL_CHIP, sets=sets, seed=SEED, out=tmp_path / "ref")
+    monkeypatch.setenv("HIL_TEST_INTERRUPT_AT_STEP", "6")
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol("test-steps", chip=SMALL_CHIP, sets=sets, seed=SEED, out=tmp_path / "cut")
+    monkeypatch.delenv("HIL_TEST_INTERRUPT_AT_STEP")
+    (path,) = (tmp_path / "cut").glob("*.h5")
+    with RunReader(path) as r:
+        assert r.start.chip_info["details"]["numerics"]["matmul_dtype"] == "float32"
+    monkeypatch.setenv("HIL_NUMERICS_TABLE", str(table("bfloat16")))
+    from emulator import EmulatedChip
+
+    assert EmulatedChip.from_spec("hermes,cores=2,rows=16,cols=16").matmul_dtype == "bfloat16"  # the table now differs
+    res = resume_run(path)
+    assert res.status == "success"
+    with RunReader(path) as r:
+        assert r.start.chip_spec == SMALL_CHIP + ",matmul=float32,chain=eager"
+        assert r.start.chip_info["details"]["numerics"]["matmul_dtype"] == "float32"
+    assert_same_data(ref.path, path)
