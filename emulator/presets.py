@@ -10,6 +10,7 @@ Source tags are cited in full in ``docs/references.md``; ASSUMPTION marks emulat
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,6 +44,16 @@ class DeviceModel(_Model):
     partial_noise_scale: float = Field(1.0, ge=0.0, le=10.0, description="pulse noise in units of the fitted sigma_prog")
 
 
+#: Upper end of ``noise.fast_mvm_scale`` (a study knob, not a physical constant). The fast part is an
+#: additive Gaussian per MVM output (variance (x^2) @ (s G Q_s)^2 L(tau_c), no device is sampled, so
+#: no clipping at 0 uS biases it), and the counters clip the result: any scale is computable and
+#: none breaks the model's formulas. The old bound 10 had no physical reason (``read_noise_scale``
+#: <= 10 already multiplied it to 100) and stopped the attack study short of a 5 % accuracy drop
+#: (docs/attacks.md). At 100 the hermes fast part is 2.6-4.1x a device's conductance (1.8-3.0 % at
+#: the calibrated 0.72, g_max to 0.05 g_max), far beyond measured PCM read noise: a stress range for studies.
+MAX_FAST_MVM_SCALE = 100.0
+
+
 class NoiseModel(_Model):
     """Device noise sources, each with its own scale and recurrence (docs/emulator.md, "Noise sources").
 
@@ -68,7 +79,7 @@ class NoiseModel(_Model):
     read_noise_scale: float = Field(1.0, ge=0.0, le=10.0, description="all 1/f read noise (slow and fast parts)")
     slow_noise_scale: float = Field(0.8, ge=0.0, le=10.0, description="slow 1/f part (frozen between redraws)")
     fast_verify_scale: float = Field(0.8, ge=0.0, le=10.0, description="fast 1/f part of verify reads (fresh per read)")
-    fast_mvm_scale: float = Field(0.72, ge=0.0, le=10.0, description="fast 1/f part of MVMs (fresh per MVM)")
+    fast_mvm_scale: float = Field(0.72, ge=0.0, le=MAX_FAST_MVM_SCALE, description="fast 1/f part of MVMs (fresh per MVM)")
     fast_corner_s: float = Field(1e-5, gt=0.0, le=1.0, description="corner time between fast and slow 1/f parts [s]")
     slow_redraw_frac: float = Field(0.1, gt=0.0, le=10.0, description="slow part redrawn when the age grew by this fraction")
     output_noise_counts: float = Field(0.0, ge=0.0, le=1000.0, description="output noise per column, std [ADC counts]")
@@ -218,3 +229,81 @@ def resolve_preset(
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise ChipInputError(f"preset value {loc}={err.get('input')!r} is invalid: {err['msg']}") from None
+
+
+# ---------------------------------------------------------------------------------------------- chip specs
+#: Sections of the preset a chip spec part ``SECTION.FIELD=VALUE`` may set (the geometry has its own
+#: parts ``cores=``, ``rows=``, ``cols=``).
+SPEC_SECTIONS: tuple[str, ...] = ("noise", "device", "adc", "periphery", "verify", "timing", "numerics")
+
+
+def _section_model(section: str) -> type[_Model]:
+    model = EmulatorPreset.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, _Model)
+    return model
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def field_range(section: str, name: str) -> str:
+    """What ``SECTION.NAME`` accepts, in words: ``a number in [0, 100]``, ``one of per_mvm, frozen``, ..."""
+    info = _section_model(section).model_fields[name]
+    annotation = info.annotation
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
+    if annotation is bool:
+        return "true or false"
+    kind = "a whole number" if annotation is int else "a number" if annotation is float else "a name"
+    lo = hi = None
+    lo_open = hi_open = False
+    for m in info.metadata:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        if getattr(m, "gt", None) is not None:
+            lo, lo_open = m.gt, True
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+        if getattr(m, "lt", None) is not None:
+            hi, hi_open = m.lt, True
+    if lo is None and hi is None:
+        return kind
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    return f"{kind} in {left}{'-inf' if lo is None else _num(lo)}, {'inf' if hi is None else _num(hi)}{right}"
+
+
+def spec_keys(section: str | None = None) -> list[str]:
+    """The ``SECTION.FIELD`` keys a chip spec may set (of one section, or of all)."""
+    sections = SPEC_SECTIONS if section is None else (section,)
+    return [f"{s}.{name}" for s in sections for name in _section_model(s).model_fields]
+
+
+def parse_spec_override(key: str, value: str) -> tuple[str, str, Any]:
+    """``(section, field, value)`` of a chip spec part ``SECTION.FIELD=VALUE``, the value validated
+    (and converted) by the section's pydantic model; :class:`ChipInputError` naming the key, what it
+    accepts and how to fix it otherwise. Nothing is built."""
+    section, _, name = key.partition(".")
+    if section not in SPEC_SECTIONS:
+        hint = " (the geometry: cores=N, rows=N, cols=N)" if section == "geometry" else ""
+        raise ChipInputError(
+            f"unknown emulator spec key {key!r}{hint}; known keys: cores, rows, cols, matmul, chain and SECTION.FIELD "
+            f"with SECTION one of {', '.join(SPEC_SECTIONS)} (e.g. noise.fast_mvm_scale=3; docs/emulator.md)."
+        )
+    model = _section_model(section)
+    if name not in model.model_fields:
+        raise ChipInputError(
+            f"unknown emulator spec key {key!r}; the {section} keys are: "
+            f"{', '.join(sorted(spec_keys(section)))}."
+        )
+    try:
+        parsed = getattr(model.model_validate({name: value}), name)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        info = model.model_fields[name]
+        raise ChipInputError(
+            f"emulator spec part {key}={value!r} is invalid: {err['msg']}. {key} ({info.description}) takes "
+            f"{field_range(section, name)}: write {key}=V with V in that range (the hermes default is {info.default})."
+        ) from None
+    return section, name, parsed

@@ -2,7 +2,7 @@
 
 Internal module (its layout may change): import public names from ``hil`` or ``hil.runs``.
 
-``--chip emulator:hermes,cores=4``, ``--chip lab:HOST:PORT``, ``--chip replay:RUN.h5`` and
+``--chip emulator:hermes,cores=4,noise.fast_mvm_scale=3``, ``--chip lab:HOST:PORT``, ``--chip replay:RUN.h5`` and
 ``--chip fake:cores=2`` all take the same path: ``NAME`` picks a :class:`hil.Chip` class from the
 ``hil.backends`` entry-point group (hil's own ``replay`` and ``fake`` are built in), and that
 class's :meth:`hil.Chip.from_spec` gets the rest. A lab adds a backend by declaring an entry point
@@ -24,7 +24,8 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "replay": "hil.replay:ReplayChip",
     "fake": "hil.testing:FakeChip",
 }
-SPEC_HELP = "Use emulator[:PRESET,cores=N,rows=N,cols=N], lab:HOST:PORT, replay:FILE or fake[:cores=N,...]."
+SPEC_HELP = ("Use emulator[:PRESET,cores=N,rows=N,cols=N,noise.FIELD=VALUE,...], lab:HOST:PORT, replay:FILE "
+             "or fake[:cores=N,...].")
 
 
 def backends() -> dict[str, str]:
@@ -69,3 +70,17 @@ def resume_spec(spec: str, info: dict[str, Any]) -> str:
         return spec  # open_chip says what is wrong
     pinned = cls.resume_spec(rest, info)
     return f"{name}:{pinned}" if (sep or pinned) else name
+
+
+def check_spec(spec: str) -> None:
+    """Check a chip spec without opening the chip: the backend exists and, where the backend can
+    parse its spec alone (a ``parse_spec`` classmethod, as the emulator has), every part is valid.
+    Raises :class:`ChipInputError` as :func:`open_chip` would; for planning (e.g. a sweep's chips)."""
+    name, _, rest = spec.partition(":")
+    try:
+        cls = backend_class(name)
+    except HilError as exc:
+        raise ChipInputError(f"unknown chip {spec!r}: {exc}. {SPEC_HELP}") from exc
+    parse = getattr(cls, "parse_spec", None)
+    if callable(parse):
+        parse(rest)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hil import arguments as hil_arguments
 from hil import errors as hil_errors
 from hil.arguments import to_numpy as _np
 from hil.chip import Chip, ChipInfo, Geometry, RecordedTiming
@@ -134,6 +135,7 @@ class ReplayChip(Chip):
         self._pos = 0
         self._last: JournalCall | None = None
         self._key: str | None = None
+        self._mvm_limit: int | None = None
         self.went_live = False
 
     @classmethod
@@ -154,6 +156,19 @@ class ReplayChip(Chip):
             serial=str(self.reader.path),
             details={"run_id": self.reader.run_id, "recorded_chip": rec, "recorded_calls": len(self.journal)},
         )
+
+    def validate_mvm(self, x: Any, cores: Any, output: str, mode: str) -> tuple[Any, np.ndarray]:
+        """As :meth:`hil.Chip.validate_mvm`, allowing what the recording holds: a call may move as
+        many values as the largest recorded MVM (a run on a GPU emulator records calls of up to 2**30
+        values, above the default :data:`hil.arguments.MAX_MVM_VALUES`); each call is then checked
+        against the journal. That bound comes from the file's own tables, whose reads the untrusted
+        HDF5 layer bounds by the bytes stored. Past the end of the journal the live chip's own checks
+        apply."""
+        if self._live is not None and self._pos >= len(self.journal):
+            return self._live.validate_mvm(x, cores, output, mode)
+        if self._mvm_limit is None:
+            self._mvm_limit = max(hil_arguments.MAX_MVM_VALUES, self.journal.largest_mvm_values())
+        return hil_arguments.mvm(self.geometry, x, cores, output, mode, max_values=self._mvm_limit)
 
     @property
     def position(self) -> int:

@@ -6,7 +6,8 @@ Internal module (its layout may change): import public names from ``hil`` or ``h
   whatever status flags a killed writer left (through :class:`FlagsClearedView`), checking the
   superblock checksum (:func:`lookup3`) first, and never hanging in an SWMR open of a damaged file;
 * :func:`check_structure`: refuses external links, soft links, external storage and virtual datasets;
-* :func:`read_dataset` / :func:`typed`: reads bounded by the bytes the file stores, with type checks.
+* :func:`read_rows` / :func:`read_dataset` / :func:`typed`: reads (whole or row slices) bounded by the
+  bytes the file stores, chunk rounding included, with type checks.
 """
 
 from __future__ import annotations
@@ -186,27 +187,64 @@ class FlagsClearedView(io.RawIOBase):
         super().close()
 
 
-def read_dataset(ds: Any, path: Path, where: str, stop: int | None = None) -> np.ndarray:
-    """``ds[:stop]`` after checking it is a dataset and that the read is bounded by what the file holds.
+def read_cost(ds: h5py.Dataset, start: int, stop: int) -> int:
+    """Bytes HDF5 handles to read rows ``[start, stop)`` of ``ds``: whole chunks are read (and
+    decompressed), so the rows are rounded out to chunk boundaries and every chunk across the
+    trailing axes counts; a chunk larger than the dataset counts whole."""
+    if stop <= start:
+        return 0
+    item = ds.dtype.itemsize
+    if not ds.ndim:
+        return item
+    trailing = int(np.prod(ds.shape[1:], dtype=np.float64))
+    chunks = ds.chunks
+    if chunks is None:  # contiguous: the rows themselves
+        return int((stop - start) * trailing * item)
+    c0 = int(chunks[0])
+    n_row_chunks = -(-stop // c0) - start // c0
+    across = 1.0
+    for size, c in zip(ds.shape[1:], chunks[1:], strict=True):
+        across *= max(1, -(-int(size) // int(c)))
+    return int(n_row_chunks * across * float(np.prod(chunks, dtype=np.float64)) * item)
+
+
+def read_rows(ds: Any, path: Path, where: str, start: int = 0, stop: int | None = None,
+              max_bytes: int | None = None) -> np.ndarray:
+    """``ds[start:stop]`` (clipped to the dataset's rows) after checking it is a dataset and that the
+    read is bounded: at most ``max_bytes`` (default :data:`MAX_READ_BYTES`) and no more than the
+    bytes the file stores for the dataset allow (:data:`MAX_EXPANSION`), chunk rounding included.
 
     A crafted file can declare a shape of 10**9 rows with no data behind it (HDF5 then returns fill
-    values), so a read must not cost more than the bytes actually stored allow.
+    values), or chunks far larger than the rows asked for, so a read must not cost more than the
+    bytes actually stored allow.
     """
     if not isinstance(ds, h5py.Dataset):
         raise RunFileError(f"{path}: {where} is a {type(ds).__name__}, not a dataset (damaged or crafted file).")
-    rows = ds.shape[0] if ds.ndim else 1
-    n = rows if stop is None else max(0, min(rows, stop))
-    per_row = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)) if ds.ndim else ds.dtype.itemsize
-    want = n * per_row
+    if not ds.ndim:
+        try:
+            return np.asarray(ds[()])
+        except H5_ERRORS as exc:
+            raise RunFileError(f"{path}: {where} cannot be read (corrupted?): {exc}") from exc
+    rows = ds.shape[0]
+    lo = max(0, min(rows, start))
+    hi = rows if stop is None else max(lo, min(rows, stop))
+    want = read_cost(ds, lo, hi)
     stored = ds.id.get_storage_size()
-    if want > MAX_READ_BYTES or want > MAX_EXPANSION * stored + (1 << 20):
+    limit = MAX_READ_BYTES if max_bytes is None else max_bytes
+    if want > limit or want > MAX_EXPANSION * stored + (1 << 20):
         raise RunFileError(
-            f"{path}: {where} declares {want} bytes but the file stores {stored} for it; the file is damaged or crafted."
+            f"{path}: {where} declares {want} bytes for rows {lo}:{hi} but the file stores {stored} for it "
+            f"(allowed up to {min(limit, MAX_EXPANSION * stored + (1 << 20))}); the file is damaged or crafted."
         )
     try:
-        return ds[:n] if ds.ndim else np.asarray(ds[()])
+        return ds[lo:hi]
     except H5_ERRORS as exc:
         raise RunFileError(f"{path}: {where} cannot be read (corrupted?): {exc}") from exc
+
+
+def read_dataset(ds: Any, path: Path, where: str, stop: int | None = None) -> np.ndarray:
+    """``ds[:stop]`` bounded as :func:`read_rows` (a scalar dataset: its value)."""
+    return read_rows(ds, path, where, 0, stop)
 
 
 def typed(ds: Any, dtype: np.dtype, path: Path, where: str, stop: int | None = None) -> np.ndarray:

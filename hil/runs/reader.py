@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from hil.runs.hdf5 import (  # noqa: F401 - LOCKING_MODES and lookup3 are also r
     lookup3,
     open_matching_lock,
     read_dataset,
+    read_rows,
     same_layout,
     superblock,
     typed,
@@ -45,6 +46,38 @@ from hil.runs.metadata import RunStart, RunStop, decode_attr
 def _text_attr(attrs: Any, key: str) -> str:
     value = decode_attr(attrs.get(key, ""))
     return value if isinstance(value, str) else ""
+
+
+def _row_range(start: Any, stop: Any) -> tuple[int, int | None]:
+    """``(start, stop)`` of a row slice as ints, checked: whole numbers, 0 <= start <= stop."""
+
+    def whole(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"{name}={value!r} must be a whole number (an int), e.g. {name}=0.")
+        return int(value)
+
+    lo = whole("start", start)
+    hi = None if stop is None else whole("stop", stop)
+    if lo < 0:
+        raise ValueError(f"start={lo} is negative; rows are counted from 0 (use start=0 for the first row).")
+    if hi is not None and hi < lo:
+        raise ValueError(f"stop={hi} is below start={lo}; give 0 <= start <= stop (stop=None: to the last row).")
+    return lo, hi
+
+
+def _column_names(columns: Any) -> list[str] | None:
+    """``columns`` as a list of distinct names (None: all), checked."""
+    if columns is None:
+        return None
+    if isinstance(columns, str | bytes):
+        raise TypeError(f"columns={columns!r} must be a list of column names, e.g. columns=[{columns!r}].")
+    names = list(columns)
+    bad = [c for c in names if not isinstance(c, str)]
+    if bad:
+        raise TypeError(f"columns holds {bad[0]!r}; column names are strings.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"columns={names} names a column twice; list each once.")
+    return names
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,11 @@ class JournalCall:
     t_wall: float
     dt_wall: float
     error: tuple[str, str] | None = None
+
+
+#: Most bytes one recorded call may read from one journal table: the int32 results of an MVM of
+#: 2**30 values (what the emulator allows per call on a GPU) are 4 GiB; chunk rounding adds a little.
+MAX_CALL_TABLE_BYTES = 4 * 2**30 + 64 * 2**20
 
 
 class Journal:
@@ -145,6 +183,16 @@ class Journal:
     def op(self, i: int) -> str:
         return OP_NAMES[int(self.calls["op"][i])]
 
+    def largest_mvm_values(self) -> int:
+        """Most values (cores x batch x max(rows, cols), as :func:`hil.arguments.mvm` counts them) one
+        recorded MVM call moves; 0 without MVMs. Only calls whose data the file holds are counted."""
+        rows = self.calls["row"][self.calls["op"] == JOURNAL_OPS["mvm"]]
+        if not rows.size or "mvm" not in self._ops:
+            return 0
+        call = self._ops["mvm"][0][rows.astype(np.int64)]
+        values = call["n_cores"].astype(np.float64) * call["batch"] * np.maximum(call["rows"], call["cols"])
+        return int(values.max())
+
     def counts(self) -> dict[str, int]:
         """Number of calls per operation."""
         ops, n = np.unique(self.calls["op"], return_counts=True)
@@ -161,7 +209,12 @@ class Journal:
             call, tables = self._ops[op]
             parts = {}
             for name, (offsets, data) in tables.items():
-                parts[name] = data[int(offsets[row]) : int(offsets[row + 1])]
+                lo, hi = int(offsets[row]), int(offsets[row + 1])
+                if isinstance(data, np.ndarray):
+                    parts[name] = data[lo:hi]
+                else:  # a large table, read by slices, each bounded by what the file stores
+                    parts[name] = read_rows(data, self._path, f"/journal/{op}/{name} of call {i}", lo, hi,
+                                            max_bytes=MAX_CALL_TABLE_BYTES)
             fields = OPS[op].encoding.decode(call[row], parts)
         except _H5_ERRORS as exc:
             raise RunFileError(f"{self._path}: journal call {i} ({op}) cannot be read (corrupted?): {exc}") from exc
@@ -401,24 +454,51 @@ class RunReader:
         g = self._stream_group(stream)
         return {k: (str(g[k].dtype), tuple(g[k].shape[1:])) for k in self.columns(stream) if k in g}
 
+    def stream(self, stream: str, *, meta: bool = False, start: int = 0, stop: int | None = None,
+               columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Complete rows ``[start, stop)`` of a stream: column -> array (strings decoded).
+
+        ``start``/``stop``: whole numbers, 0 <= start <= stop; ``stop`` defaults to the complete row
+        count and both are clipped to it (rows still being written are not there yet), so a poller
+        asks for ``start=rows_it_has`` and gets the new rows only. ``columns``: the columns to read
+        (user columns and ``_t_wall``/``_call``), in that order; default every user column, plus
+        ``_t_wall`` and ``_call`` with ``meta``. Only the rows and columns asked for are read, each
+        read bounded by what the file stores (:func:`hil.runs.hdf5.read_rows`). Bad arguments raise
+        ``TypeError``/``ValueError`` before anything is read.
+        """
+        lo, hi = _row_range(start, stop)
+        wanted = _column_names(columns)
+        if wanted is None:
+            names = [*self.columns(stream), *(["_t_wall", "_call"] if meta else [])]
+        else:
+            known = [*self.columns(stream), "_t_wall", "_call"]
+            missing = [c for c in wanted if c not in known]
+            if missing:
+                raise ValueError(f"{self.path}: stream {stream!r} has no column {missing[0]!r}; "
+                                 f"columns: {', '.join(known)}.")
+            names = wanted
+        return self._stream_rows(stream, names, lo, hi)
+
     @_guarded
-    def stream(self, stream: str, *, meta: bool = False) -> dict[str, np.ndarray]:
-        """All complete rows of a stream: column -> array (strings decoded); ``meta`` adds _t_wall, _call."""
+    def _stream_rows(self, stream: str, names: list[str], start: int, stop: int | None) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` (clipped to the complete rows) of the columns ``names`` that exist."""
         g = self._stream_group(stream)
         n = self.n_rows(stream)
-        names = [*self.columns(stream), *(["_t_wall", "_call"] if meta else [])]
+        hi = n if stop is None else min(stop, n)
+        lo = min(start, hi)
         out: dict[str, np.ndarray] = {}
         for name in names:
             if name not in g:
                 continue
-            data = read_dataset(g[name], self.path, f"stream {stream!r} column {name!r}", n)
+            data = read_rows(g[name], self.path, f"stream {stream!r} column {name!r}", lo, hi)
             if data.dtype.kind == "S":
                 data = np.char.decode(data, "utf-8", "replace")
             out[name] = data
         return out
 
-    def column(self, stream: str, name: str) -> np.ndarray:
-        return self.stream(stream, meta=name.startswith("_"))[name]
+    def column(self, stream: str, name: str, *, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """One column of ``stream`` (rows ``[start, stop)`` as :meth:`stream`; only that column is read)."""
+        return self.stream(stream, start=start, stop=stop, columns=[name])[name]
 
     @_guarded
     def stream_info(self, stream: str) -> StreamInfo:

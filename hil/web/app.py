@@ -273,7 +273,8 @@ def create_app(runs: str | os.PathLike[str], *, host: str = DEFAULT_HOST, token:
                 try:
                     t0 = time.monotonic()
                     state, data = await run_in_threadpool(_poll, folder, path, sent)
-                    # A big stream costs a whole read per look (RunReader reads streams whole): look less often then.
+                    # A look reads only the new rows of each stream (a whole stream when more than EVENT_MAX_ROWS
+                    # arrived, to thin them): a slow look still means a busy file or server, so look less often.
                     wait = max(poll_s, 4.0 * (time.monotonic() - t0))
                     failures = 0
                 except Exception as exc:  # a file caught between two writes: look again; a crafted one: give up

@@ -210,6 +210,8 @@ def _reduce(data: np.ndarray) -> dict[str, Any]:
 def stream_payload(reader: Any, stream: str, *, start: int = 0, max_points: int = MAX_POINTS) -> dict[str, Any]:
     """Rows ``start:`` of ``stream`` for plotting (thinned evenly to ``max_points`` rows).
 
+    Only rows ``[start, rows)`` are read from the file (:meth:`hil.runs.RunReader.stream` slices), so
+    a live poll that asks for the rows after those it has costs the new rows, not the whole stream.
     Columns: ``{kind: scalar|array|text, values, [min, max, shape]}``; array columns are reduced to
     their per-row mean, min and max. ``rows`` is the stream's complete row count, ``row`` the row
     numbers sent.
@@ -218,16 +220,17 @@ def stream_payload(reader: Any, stream: str, *, start: int = 0, max_points: int 
         have = ", ".join(reader.streams()) or "(none)"
         raise NotFoundError(f"run {reader.run_id!r} has no stream {stream!r}; streams: {have}.")
     info = reader.stream_info(stream)
-    data = reader.stream(stream, meta=True)
     n = reader.n_rows(stream)
     start = max(0, min(int(start), n))
+    data = reader.stream(stream, meta=True, start=start, stop=n)  # the rows counted above, even while written
     idx = np.arange(start, n)
     max_points = max(2, int(max_points))
     if idx.size > max_points:
         idx = np.unique(np.linspace(start, n - 1, max_points).round().astype(np.int64))
     columns = {}
     for name, values in data.items():
-        columns[name] = _reduce(values[idx]) if values.shape[0] >= n else {"kind": "other", "values": []}
+        whole = values.shape[0] >= n - start
+        columns[name] = _reduce(values[idx - start]) if whole else {"kind": "other", "values": []}
     labels = {name: info.label(name) for name in data}
     return {
         "run_id": reader.run_id, "stream": stream, "rows": n, "start": start, "row": idx.tolist(),
