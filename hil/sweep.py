@@ -296,11 +296,16 @@ def _check_chip(spec_text: str, parallel: bool) -> None:
             f"--chip {spec_text}: a lab chip is one physical chip, so its runs cannot run side by side (they would "
             "interleave pulses on one array); run the sweep with --workers 0 (one run after another, in this process)."
         )
+    from hil.chips import check_spec
+    from hil.errors import ChipInputError
+
     try:
         backend_class(name)
     except HilError as exc:
-        from hil.errors import ChipInputError
-
+        raise ChipInputError(f"--chip {spec_text}: {exc}") from None
+    try:
+        check_spec(spec_text)  # every part of the spec, before any run starts
+    except ChipInputError as exc:
         raise ChipInputError(f"--chip {spec_text}: {exc}") from None
 
 

@@ -132,7 +132,7 @@ def _emulator_source(name: str, s: float) -> tuple[dict, dict]:
     return {"noise": quiet}, {"program_verify": pv}
 
 
-EMU_RANGES = {"weight_nonrecurrent": (5.0, 60.0), "weight_recurrent": (0.5, 10.0), "output_recurrent": (0.5, 200.0),
+EMU_RANGES = {"weight_nonrecurrent": (5.0, 60.0), "weight_recurrent": (0.5, 100.0), "output_recurrent": (0.5, 200.0),
               "output_nonrecurrent": (0.5, 200.0)}
 
 

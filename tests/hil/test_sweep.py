@@ -153,8 +153,10 @@ def test_grid_and_seed_syntax() -> None:
         (["--chip", "replay:x.h5"], r"a replay: chip only replays one"),
         (["--chip", "nochip"], r"--chip nochip: .*installed backends"),
         (["--workers", "2", "--chip", "lab:127.0.0.1:1"], r"one physical chip.*--workers 0"),
+        (["--chip", "emulator:hermes,cores=1,noise.fast_mvm_scale=300"], r"--chip emulator:.*fast_mvm_scale.*100"),
     ],
-    ids=["unknown-key", "bad-type", "below-limit", "protocol-check", "seed-key", "set-clash", "seeds", "replay", "chip", "lab"],
+    ids=["unknown-key", "bad-type", "below-limit", "protocol-check", "seed-key", "set-clash", "seeds", "replay", "chip", "lab",
+         "chip-part"],
 )
 def test_bad_grids_exit_2_before_any_run(tmp_path: Path, cli: Any, argv: list[str], match: str) -> None:
     out = tmp_path / "runs"
