@@ -589,8 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", "run a protocol: the run file's path on stdout, its summary on stderr")
     _completer(p.add_argument("protocol", help="protocol name (see `hil protocols`)"), _complete_protocols)
-    p.add_argument("--chip", default="emulator", help="emulator[:PRESET[,cores=N,rows=N,cols=N,matmul=DTYPE,SECTION.FIELD=VALUE]] | lab:HOST:PORT | replay:FILE | "
-                   "fake[:cores=N] (emulator parts: docs/emulator.md)")
+    p.add_argument("--chip", default="emulator", help="emulator[:PRESET[,cores=N,rows=N,cols=N,matmul=DTYPE,SECTION.FIELD=V]] "
+                   "| lab:HOST:PORT | replay:FILE | fake[:cores=N] (emulator parts: docs/emulator.md)")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML mapping of config keys")
     _completer(p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a config key (YAML value; repeatable)"),
                _complete_config_keys)
