@@ -267,19 +267,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _show_data(reader: RunReader) -> dict[str, Any]:
-    meta = reader.metadata()
-    journal = reader.journal
-    streams = {}
-    for name in reader.streams():
-        streams[name] = {
-            "rows": reader.n_rows(name),
-            "columns": {c: {"dtype": d, "shape": list(s)} for c, (d, s) in reader.column_info(name).items()},
-        }
-    meta["streams"] = streams
-    meta["journal"] = {"calls": len(journal), "by_op": journal.counts(), "errors": len(journal.errors)}
-    meta["notes"] = [text for _, text in reader.notes()]
-    meta["size_bytes"] = reader.size_bytes()
-    return meta
+    return reader.document()
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -156,6 +156,11 @@ def parse_set(item: str) -> dict[str, Any]:
         if "refused" in str(exc) or "larger than" in str(exc):
             raise
         value = raw
+    return nest_key(key, value)
+
+
+def nest_key(key: str, value: Any) -> dict[str, Any]:
+    """``"a.b", v`` -> ``{"a": {"b": v}}`` (dotted config keys, as ``--set`` and ``--grid`` take them)."""
     out: dict[str, Any] = {}
     node = out
     parts = key.split(".")

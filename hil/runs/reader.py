@@ -603,6 +603,24 @@ class RunReader:
     def size_bytes(self) -> int:
         return self.path.stat().st_size
 
+    def document(self) -> dict[str, Any]:
+        """The run as one JSON-ready mapping (what ``hil show --json`` prints and ``hil serve``'s API
+        returns): :meth:`metadata` plus each stream's rows and columns, the journal's call counts,
+        the notes and the file size."""
+        meta = self.metadata()
+        journal = self.journal
+        meta["streams"] = {
+            name: {
+                "rows": self.n_rows(name),
+                "columns": {c: {"dtype": d, "shape": list(s)} for c, (d, s) in self.column_info(name).items()},
+            }
+            for name in self.streams()
+        }
+        meta["journal"] = {"calls": len(journal), "by_op": journal.counts(), "errors": len(journal.errors)}
+        meta["notes"] = [text for _, text in self.notes()]
+        meta["size_bytes"] = self.size_bytes()
+        return meta
+
     def verify(self) -> dict[str, int]:
         """Read every dataset through its checksums; raises :class:`RunFileError` naming a damaged one."""
         counts = {"datasets": 0, "bytes": 0}

@@ -241,20 +241,10 @@ def stream_payload(reader: Any, stream: str, *, start: int = 0, max_points: int 
 
 
 def run_document(reader: Any, file_name: str) -> dict[str, Any]:
-    """What ``hil show --json`` prints for a run, with ``path`` the file's name in the folder."""
-    meta = reader.metadata()
-    journal = reader.journal
-    streams = {}
-    for name in reader.streams():
-        streams[name] = {
-            "rows": reader.n_rows(name),
-            "columns": {c: {"dtype": d, "shape": list(s)} for c, (d, s) in reader.column_info(name).items()},
-        }
+    """What ``hil show --json`` prints for a run (:meth:`hil.runs.RunReader.document`), with ``path``
+    the file's name in the folder rather than the server's absolute path."""
+    meta = reader.document()
     meta["path"] = file_name
-    meta["streams"] = streams
-    meta["journal"] = {"calls": len(journal), "by_op": journal.counts(), "errors": len(journal.errors)}
-    meta["notes"] = [text for _, text in reader.notes()]
-    meta["size_bytes"] = reader.size_bytes()
     return meta
 
 
