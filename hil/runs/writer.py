@@ -62,13 +62,6 @@ def free_bytes(folder: Path) -> int:
     st = os.statvfs(folder)
     return int(st.f_bavail) * int(st.f_frsize)
 _LARGE_BLOCK = 1 << 20  # blocks of at least this many bytes are written without joining them first
-#: Journal table blocks of at least this many bytes are staged in reused buffers (:meth:`_Series.stage`):
-#: a fresh allocation per call costs page faults on every call (MVM-heavy runs: 3 MB per call).
-STAGE_MIN_BYTES = 64 << 10
-#: Staging buffers: about 8 blocks each, at most this many bytes (larger blocks are allocated as before).
-STAGE_MAX_BYTES = 32 << 20
-#: Staging buffers a series keeps for reuse once written.
-STAGE_SPARES = 3
 MAX_PENDING_BYTES = 256 * 2**20
 #: How long a flush keeps retrying to open a busy file (HDF5 refuses to open for writing a file that
 #: this same process has open read-only, e.g. a RunReader left open during the run).
@@ -202,37 +195,22 @@ def _prefix(batch: list[tuple[Any, list[np.ndarray]]], frac: float) -> list[tupl
     return out
 
 
-#: Elements per block of :func:`_narrowed` (the range check and the cast share one pass through the cache).
-_NARROW_BLOCK = 1 << 17
-
-
-def _narrowed(arr: np.ndarray, dtype: np.dtype, where: str, out: np.ndarray | None = None) -> np.ndarray:
-    """``arr`` cast to the integer ``dtype`` (into ``out``, 1-D, else a new array), refusing values it
-    cannot hold (``out`` may then hold part of them).
-
-    Blockwise: each block's min, max and cast read it while it is in the cache (an MVM's 1 M ADC
-    counts: 0.3 ms instead of 0.5 ms for three passes over the whole array)."""
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    if out is None:
-        out = np.empty(flat.shape, dtype=dtype)
-    if flat.size:
+def _narrowed(arr: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """``arr`` cast to the integer ``dtype``, refusing values it cannot hold."""
+    if arr.size:
         info = np.iinfo(dtype)
-        lo, hi = info.min, info.max
-        for start in range(0, flat.size, _NARROW_BLOCK):
-            block = flat[start : start + _NARROW_BLOCK]
-            b_lo, b_hi = int(block.min()), int(block.max())
-            if b_lo < lo or b_hi > hi:
-                raise RunFileError(f"{where}: value {b_lo if b_lo < lo else b_hi} does not fit {dtype} "
-                                   f"[{info.min}, {info.max}], the range the chip declared for its results.")
-            out[start : start + _NARROW_BLOCK] = block
-    return out if out.shape == arr.shape else out.reshape(arr.shape)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise RunFileError(f"{where}: value {lo if lo < info.min else hi} does not fit {dtype} "
+                               f"[{info.min}, {info.max}], the range the chip declared for its results.")
+    return arr.astype(dtype)
 
 
 class _Series:
     """One appendable dataset (rows of a fixed dtype and trailing shape) and its unwritten rows."""
 
-    __slots__ = ("arena", "arena_fill", "arena_run", "attrs", "blocks", "created", "dtype", "first_block", "in_flight",
-                 "n_pending", "n_written", "path", "retired", "row_mode", "rows", "shape", "spares")
+    __slots__ = ("attrs", "blocks", "created", "dtype", "first_block", "n_pending", "n_written", "path", "row_mode",
+                 "rows", "shape")
 
     def __init__(self, path: str, dtype: Any, shape: tuple[int, ...] = (), *, row_mode: bool, attrs: dict | None = None):
         self.path = path
@@ -246,57 +224,6 @@ class _Series:
         self.n_written = 0
         self.created = False
         self.first_block = 0  # bytes of the first block pushed (one call's elements, for journal tables)
-        # Staging (1-D series only): ``arena`` is the buffer being filled up to ``arena_fill``; the last
-        # entry of ``blocks`` is its view from ``arena_run`` (-1: none); full buffers wait in
-        # ``retired``, those handed to a write in ``in_flight``; written ones return to ``spares``.
-        self.arena: np.ndarray | None = None
-        self.arena_fill = 0
-        self.arena_run = -1
-        self.retired: list[np.ndarray] = []
-        self.in_flight: list[np.ndarray] = []
-        self.spares: list[np.ndarray] = []
-
-    def stage(self, n: int) -> np.ndarray | None:
-        """``n`` rows of a reused buffer to fill now and queue (:meth:`unstage` takes them back);
-        None where staging does not apply (small or huge blocks, rows with a shape)."""
-        nbytes = n * self.dtype.itemsize
-        if self.row_mode or self.shape or nbytes < STAGE_MIN_BYTES or nbytes > STAGE_MAX_BYTES // 2:
-            return None
-        if self.arena is None or self.arena_fill + n > self.arena.shape[0]:
-            if self.arena is not None:
-                self.retired.append(self.arena)
-            size = max(n, min(STAGE_MAX_BYTES, 8 * nbytes) // self.dtype.itemsize)
-            self.arena = next((b for b in self.spares if b.shape[0] >= n), None)
-            if self.arena is None:
-                self.arena = np.empty(size, dtype=self.dtype)
-            else:
-                self.spares.remove(self.arena)
-            self.arena_fill, self.arena_run = 0, -1
-        start = self.arena_fill
-        self.arena_fill += n
-        run = self.arena_run if self.arena_run >= 0 else start
-        view = self.arena[run : self.arena_fill]
-        if self.arena_run >= 0:
-            self.blocks[-1] = view  # one contiguous run of calls: written as one block, no joining
-        else:
-            self.blocks.append(view)
-            self.arena_run = run
-        return self.arena[start : self.arena_fill]
-
-    def unstage(self, n: int) -> None:
-        """Take back the last :meth:`stage` of ``n`` rows (a call refused before it was queued)."""
-        assert self.arena is not None and self.arena_run >= 0
-        self.arena_fill -= n
-        if self.arena_fill > self.arena_run:
-            self.blocks[-1] = self.arena[self.arena_run : self.arena_fill]
-        else:
-            self.blocks.pop()
-            self.arena_run = -1
-
-    def recycle(self) -> None:
-        """The write of the buffers last handed out is done: keep a few for reuse."""
-        self.spares = (self.spares + self.in_flight)[:STAGE_SPARES]
-        self.in_flight = []
 
     def take(self) -> list[np.ndarray] | None:
         """The pending rows as a list of arrays (small blocks joined, large ones as they are)."""
@@ -318,12 +245,6 @@ class _Series:
             if small:
                 segments.append(self._join(small))
             self.blocks = []
-            if self.arena is not None and self.arena_fill:
-                self.retired.append(self.arena)  # the rest of it is not filled: the next call starts a new one
-                self.arena, self.arena_fill = None, 0
-            self.arena_run = -1
-            self.in_flight += self.retired
-            self.retired = []
         self.n_pending = 0
         return segments
 
@@ -507,36 +428,16 @@ class RunWriter:
             )
             self._op_series[op] = series
         row, tables = OPS[op].encoding.encode(fields)
+        for name in tables:
+            if (op, name) in self._narrow:  # checked before anything is queued: a refusal leaves no half call
+                tables[name] = _narrowed(tables[name], self._narrow[(op, name)], f"journal/{op}/{name}")
         with self._cond:
             call_series, table_series = series
-            # Copy every table (the caller may reuse its arrays after the call), large ones into a
-            # reused staging buffer; narrowed tables are checked before anything is queued: a refusal
-            # leaves no half call.
-            queued: list[tuple[_Series, np.ndarray, bool]] = []
-            try:
-                for name, arr in tables.items():
-                    ts, narrow = table_series[name], self._narrow.get((op, name))
-                    view = ts.stage(arr.shape[0]) if arr.ndim == 1 else None
-                    if view is not None:
-                        queued.append((ts, view, True))
-                    if narrow is not None:
-                        block = _narrowed(arr, narrow, f"journal/{op}/{name}", out=view)
-                    elif view is not None:
-                        view[...] = arr
-                        block = view
-                    else:
-                        block = arr if arr.base is None and arr.flags.owndata else arr.copy()
-                    if view is None:
-                        queued.append((ts, block, False))
-            except BaseException:
-                for ts, block, staged in reversed(queued):
-                    if staged:
-                        ts.unstage(block.shape[0])
-                raise
-            for ts, block, staged in queued:
-                self._push_block_series(ts, block, staged=staged)
             call_series.rows.append(row)
             call_series.n_pending += 1
+            for name, arr in tables.items():
+                # Copy: the caller may reuse its arrays after the call.
+                self._push_block_series(table_series[name], arr if arr.base is None and arr.flags.owndata else arr.copy())
             index = self._n_calls
             self._calls.rows.append((OPS[op].code, self._op_rows[op], t_chip, t_wall, dt_wall, error is not None))
             self._calls.n_pending += 1
@@ -669,12 +570,10 @@ class RunWriter:
     def _push_block(self, key: str, arr: np.ndarray) -> None:
         self._push_block_series(self._series[key], arr)
 
-    def _push_block_series(self, series: _Series, arr: np.ndarray, *, staged: bool = False) -> None:
-        """Queue ``arr``; ``staged``: it is a :meth:`_Series.stage` view, already in ``blocks``."""
+    def _push_block_series(self, series: _Series, arr: np.ndarray) -> None:
         if not series.first_block:
             series.first_block = arr.nbytes
-        if not staged:
-            series.blocks.append(arr)
+        series.blocks.append(arr)
         series.n_pending += arr.shape[0]
         self._pending_bytes += arr.nbytes
 
@@ -728,8 +627,6 @@ class RunWriter:
                 return
             last = time.monotonic()
             with self._cond:
-                for series, _ in batch:
-                    series.recycle()  # its staging buffers are written: reuse them
                 self._flushed = max(self._flushed, target)
                 self.n_flushes += 1
                 self._cond.notify_all()
