@@ -168,3 +168,29 @@ def test_every_journaled_call_is_announced_with_a_key_from_the_run_and_its_index
         chip.sleep(1.0)
         w2.close(status="success")
     assert resumed.keys == [f"20260101-000000-unit-abc123:{len(OPS)}"]
+
+
+def test_mvm_calls_of_mixed_sizes_journal_exactly_what_was_sent_and_returned(tmp_path: Path) -> None:
+    """Large and small MVM calls interleaved, the caller reusing one input buffer: the journal holds each
+    call's own inputs and results (a writer that batches large tables must not mix them up)."""
+    geo = Geometry(n_cores=2, n_rows=256, n_cols=256)
+    live = FakeChip(geo, seed=2)
+    writer = RunWriter(tmp_path / "mix.h5", {"run_id": "mix", "protocol": "unit", "geometry_json": geo.model_dump_json()})
+    chip = RecordingChip(live, writer)
+    rng = np.random.default_rng(7)
+    buf = np.empty((2, 160, 256), dtype=np.int8)
+    sent, got = [], []
+    for i, batch in enumerate([160, 2, 160, 160, 1, 3, 160, 2, 160, 1]):
+        x = buf[:, :batch]
+        x[...] = rng.integers(-127, 128, x.shape)  # the same buffer, overwritten for every call
+        sent.append(x.copy())
+        got.append(np.asarray(chip.mvm(x, [0, 1])).copy())
+        if i == 4:
+            writer.flush()  # a flush between calls too
+    writer.close(status="success")
+    with RunReader(tmp_path / "mix.h5") as reader:
+        calls = [c for c in reader.journal if c.op == "mvm"]
+        assert len(calls) == len(sent)
+        for k, (call, x, y) in enumerate(zip(calls, sent, got, strict=True)):
+            np.testing.assert_array_equal(call.fields["x"].reshape(x.shape), x, err_msg=f"call {k} x")
+            np.testing.assert_array_equal(call.fields["y"].reshape(y.shape), y, err_msg=f"call {k} y")
