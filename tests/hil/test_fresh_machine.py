@@ -1,4 +1,4 @@
-"""On a machine without h5ls, h5dump, mosquitto or openssl the tests that need them skip, naming the
+"""On a machine without h5ls, h5dump, mosquitto, openssl or chromium the tests that need them skip, naming the
 tool and its install command, and the rest pass (CI installs the tools: .ci/run)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ TOOL_TESTS = [
     "tests/hil/test_runfile.py::test_a_killed_writer_leaves_a_readable_incomplete_file",
     "tests/hil/test_telemetry_auth.py",
     "tests/hil/test_telemetry.py",
+    "tests/web/test_browser.py",
 ]
 
 
@@ -47,3 +48,4 @@ def test_tool_tests_skip_with_an_install_hint_without_the_tools(tmp_path: Path) 
     skips = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
     assert any("h5ls, h5dump not installed: sudo apt-get install hdf5-tools" in s for s in skips), proc.stdout[-2000:]
     assert any("mosquitto" in s and "apt-get install mosquitto" in s for s in skips), proc.stdout[-2000:]
+    assert any("chromium" in s and "apt-get install chromium chromium-driver" in s for s in skips), proc.stdout[-2000:]
