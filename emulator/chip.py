@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from emulator import numerics, periphery
+from emulator import spec as spec_grammar
 from emulator.noise.recurrence import band_split, slow_epoch
 from emulator.presets import EmulatorPreset, resolve_preset
 from emulator.programming import draw_nu, physics_model, pulse_response, read_noise_q, statistical_program
@@ -182,62 +182,13 @@ class EmulatedChip(Chip):
 
     # ------------------------------------------------------------------ construction helpers
     #: Shorthand spec parts for numerics fields (``matmul=float32`` is ``numerics.matmul_dtype=float32``).
-    SPEC_SHORTHANDS: ClassVar[dict[str, str]] = {"matmul": "numerics.matmul_dtype", "chain": "numerics.adc_chain"}
+    SPEC_SHORTHANDS: ClassVar[dict[str, str]] = spec_grammar.SHORTHANDS
 
     @classmethod
     def parse_spec(cls, spec: str = "") -> tuple[str, Geometry | None, dict[str, dict[str, Any]]]:
-        """``(preset, geometry, overrides)`` of a chip spec, every part checked; builds nothing.
-
-        ``PRESET[,cores=N][,rows=N][,cols=N][,matmul=DTYPE][,chain=CHAIN][,SECTION.FIELD=VALUE...]``
-        (all parts optional): ``matmul``: float32 (exact), bfloat16 or auto (measured per machine);
-        ``chain``: the ADC chain, eager, compiled or auto; ``SECTION.FIELD``: any constant of the
-        preset's ``noise``, ``device``, ``adc``, ``periphery``, ``verify``, ``timing`` or ``numerics``
-        models (``noise.fast_mvm_scale=3``, ``noise.output_noise_recurrence=frozen``), validated by
-        that model (docs/emulator.md). A key given twice (``matmul=`` and ``numerics.matmul_dtype=``
-        included) is refused.
-        """
-        from emulator.presets import parse_spec_override
-
-        parts = [p.strip() for p in spec.split(",") if p.strip()]
-        preset = "hermes"
-        if parts and "=" not in parts[0]:
-            preset = parts.pop(0)
-        geo: dict[str, int] = {}
-        overrides: dict[str, dict[str, Any]] = {}
-        seen: dict[str, str] = {}
-        keys = {"cores": "n_cores", "rows": "n_rows", "cols": "n_cols"}
-        for part in parts:
-            key, eq, value = part.partition("=")
-            key, value = key.strip(), value.strip()
-            full = cls.SPEC_SHORTHANDS.get(key, key)
-            if full in seen:
-                raise ChipInputError(f"emulator spec parts {seen[full]!r} and {part!r} both set {full}; give it once.")
-            seen[full] = part
-            if key in keys:
-                if not value.isdigit():
-                    raise ChipInputError(f"bad emulator spec part {part!r}: {key} takes a whole number, e.g. {key}=4.")
-                geo[keys[key]] = int(value)
-                continue
-            if not eq or "." not in full:
-                raise ChipInputError(
-                    f"bad emulator spec part {part!r}; use cores=N, rows=N, cols=N, matmul=float32|bfloat16|auto, "
-                    "chain=eager|compiled|auto or SECTION.FIELD=VALUE (e.g. noise.fast_mvm_scale=3; docs/emulator.md)."
-                )
-            try:
-                section, name, parsed = parse_spec_override(full, value)
-            except ChipInputError:
-                if key not in cls.SPEC_SHORTHANDS:
-                    raise
-                raise ChipInputError(f"bad emulator spec part {part!r}; use matmul=float32|bfloat16|auto "
-                                     "or chain=eager|compiled|auto.") from None
-            overrides.setdefault(section, {})[name] = parsed
-        try:
-            geometry = Geometry(**geo) if geo else None
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            short = {v: k for k, v in keys.items()}.get(str(err["loc"][0]), str(err["loc"][0]))
-            raise ChipInputError(f"bad emulator spec part {short}={err.get('input')!r}: {err['msg']}.") from None
-        return preset, geometry, overrides
+        """``(preset, geometry, overrides)`` of a chip spec, every part checked; builds nothing
+        (:func:`emulator.spec.parse_spec`)."""
+        return spec_grammar.parse_spec(spec)
 
     @classmethod
     def from_spec(cls, spec: str = "", *, seed: int | None = None, device: str = "cpu") -> EmulatedChip:
@@ -248,21 +199,8 @@ class EmulatedChip(Chip):
 
     @classmethod
     def resume_spec(cls, spec: str, info: dict[str, Any]) -> str:
-        """``spec`` with the recorded numerics pinned (``matmul=``, ``chain=``) where it leaves them open.
-
-        The matmul dtype and the ADC chain are chosen per machine (``emulator/numerics.py``); a resume
-        re-executes the journal, so it must make the run's choices, not this machine's. Parts the spec
-        names itself (as ``matmul=`` or ``numerics.matmul_dtype=``, ``chain=`` or ``numerics.adc_chain=``)
-        win; a run recorded before numerics were recorded pins nothing.
-        """
-        recorded = (info.get("details") or {}).get("numerics") or {}
-        parts = [p.strip() for p in spec.split(",") if p.strip()]
-        keys = {p.partition("=")[0].strip() for p in parts if "=" in p}
-        keys |= {short for short, full in cls.SPEC_SHORTHANDS.items() if full in keys}
-        pins = {"matmul": recorded.get("matmul_dtype"), "chain": recorded.get("adc_chain")}
-        allowed = {"matmul": set(numerics.DTYPES), "chain": {"eager", "compiled"}}
-        extra = [f"{k}={v}" for k, v in pins.items() if k not in keys and isinstance(v, str) and v in allowed[k]]
-        return ",".join(parts + extra)
+        """``spec`` with the recorded numerics pinned (:func:`emulator.spec.resume_spec`)."""
+        return spec_grammar.resume_spec(spec, info)
 
     @property
     def journal_result_dtypes(self) -> dict[str, str]:
