@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from emulator import numerics, periphery
+from emulator import native, numerics, periphery
 from emulator import spec as spec_grammar
 from emulator.noise.recurrence import band_split, slow_epoch
 from emulator.presets import EmulatorPreset, resolve_preset
@@ -169,7 +169,14 @@ class EmulatedChip(Chip):
         # small-batch path (a contiguous copy: a strided view would make the bf16 batched matmul copy
         # its operand on every call; transposed, the matrix-vector products stream it faster).
         self._w3 = torch.zeros((g.n_cores, 3 * g.n_cols, g.n_rows), dtype=mdt, device=dev) if mdt == ndt else None
-        self._adc_chain = numerics.resolve_adc_chain(self.preset.numerics.adc_chain, self.device)
+        try:
+            self._adc_chain = numerics.resolve_adc_chain(self.preset.numerics.adc_chain, self.device)
+        except ValueError as exc:
+            raise ChipInputError(str(exc)) from None
+        # Key of the native chain's counter-based generator (its per-call nonce comes from _noise_gens).
+        self._native_key = (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64
+        self._native_consts: dict[str, tuple[Any, ...]] = {}
+        self._native_calls = 0
         self._cache_t = np.full(g.n_cores, -np.inf)
         self._slow_next = np.zeros(g.n_cores)  # earliest start of a new slow epoch in the core (lower bound)
         self._tp_max = np.zeros(g.n_cores)
@@ -606,13 +613,25 @@ class EmulatedChip(Chip):
         all_cores = cores.size == self.geometry.n_cores and bool(np.all(cores == self._all_cores))
         stacked = self._w3 is not None and xt.shape[1] <= STACK_MAX_BATCH
         mats: tuple[torch.Tensor, ...] = (self._w3,) if stacked else (self._w_diff, self._w_sum, self._w_var)  # type: ignore[assignment]
+        # The native chain does a small batch whole in C, products included (no matrix gathered).
+        small = (stacked and self._adc_chain == "native" and xt.device.type == "cpu"
+                 and max(self.geometry.n_rows, self.geometry.n_cols) <= native.SMALL_MAX_RC)
         gain, off = self._adc_gain, self._adc_offset
-        if not all_cores:
+        if not all_cores and not small:
             ci = torch.from_numpy(cores).to(self.device)
             mats = tuple(m[ci] for m in mats)
             gain, off = gain[ci], off[ci]
         with torch.no_grad():
-            counts = self._counts(xt.to(self.device), mats, gain, off, mode, cores)
+            if small:
+                consts = self._native_consts.get(mode)
+                if consts is None:  # the ADC constants are fixed at manufacture: once per mode
+                    consts = self._native_consts[mode] = periphery.native_constants(gain, off, self.preset, mode)
+                asym = self.preset.periphery.polarity_asymmetry if mode == "1phase" else 0.0
+                counts = native.mvm_small(xt, torch.from_numpy(cores), self._w3, *consts[:2], mode == "4phase", asym,
+                                          *consts[2:], self._native_key, self._native_nonce())
+                counts = self._native_output_noise(counts, cores)
+            else:
+                counts = self._counts(xt.to(self.device), mats, gain, off, mode, cores)
             timing = self.preset.timing
             self._advance_ns(xt.shape[1] * (timing.mvm_4phase_ns if mode == "4phase" else timing.mvm_1phase_ns))
             if output == "ldpu":
@@ -671,6 +690,9 @@ class EmulatedChip(Chip):
         does not change the draws.
         """
         d, s, var = self._products(x, mats, mode)
+        if self._adc_chain == "native":
+            counts = periphery.adc_native(d, s, var, gain, off, self.preset, mode, self._native_key, self._native_nonce())
+            return self._native_output_noise(counts, cores)
         noise = periphery.fill_normal(torch.empty(d.shape, device=d.device), self._noise_gens)
         n, b, c = d.shape
         if self._adc_chain == "compiled" and n * b * c >= COMPILE_MIN_OUTPUTS:
@@ -692,6 +714,19 @@ class EmulatedChip(Chip):
                 counts = periphery.adc_1phase(q, gain[sl], off[sl], self.preset, scratch=noise[sl])
             out[sl] = self._output_noise(counts, cores[sl])
         return out
+
+    def _native_nonce(self) -> int:
+        """This call's counter half of the native chain's generator: the number of native-chain MVMs
+        before it (so a chip's draws follow from its seed and its calls; a replay or resume makes the
+        same calls in the same order)."""
+        self._native_calls += 1
+        return self._native_calls
+
+    def _native_output_noise(self, counts: torch.Tensor, cores: np.ndarray) -> torch.Tensor:
+        """:meth:`_output_noise` on the native chain's int32 counts (a no-op without output noise)."""
+        if self.preset.noise.output_noise_counts <= 0:
+            return counts
+        return self._output_noise(counts.float(), cores).to(torch.int32)
 
     def _output_noise(self, counts: torch.Tensor, cores: np.ndarray) -> torch.Tensor:
         """Add the input-independent output noise [counts] per column (frozen pattern or fresh per MVM),

@@ -27,6 +27,9 @@ from typing import Any
 import torch
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: The ADC chains (``numerics.adc_chain``): eager torch ops, torch.compile of them (the same draws),
+#: and the C loop of emulator/adc_kernel.c with its own counter-based generator (other draws).
+CHAINS = ("eager", "compiled", "native")
 #: Shape of the probe: (cores, batch, rows, cols) of one batched matmul.
 PROBE_SHAPE = (64, 256, 256, 256)
 
@@ -158,29 +161,57 @@ def table_entry(device: torch.device) -> dict[str, Any] | None:
 
 
 def resolve_adc_chain(name: str, device: torch.device) -> str:
-    """'eager' or 'compiled' for ``numerics.adc_chain=name``: 'auto' follows this machine's table entry
-    (``adc_chain``, written by ``hil bench`` after it measured both), eager without one."""
+    """The ADC chain (one of :data:`CHAINS`) for ``numerics.adc_chain=name``.
+
+    'auto' follows this machine's table entry (``adc_chain``: written by ``hil bench`` after it timed
+    all three, or by the first chip built on a CPU machine: native where the C kernel builds, else
+    eager). Eager without a table (``HIL_NUMERICS_TABLE=off`` or unwritable: never a fresh guess),
+    on a GPU without an entry, and where the table's native chain cannot be built any more.
+
+    Raises ValueError for ``native`` asked for by name where it cannot run (not a CPU, no compiler),
+    with the reason and the fix: a run pinned to it must not silently draw other noise.
+    """
+    if name == "native":
+        from emulator import native
+
+        if device.type != "cpu":
+            raise ValueError(f"chain=native runs on the CPU only (device {device}); use chain=eager or compiled there.")
+        why = native.why_unavailable()
+        if why is not None:
+            raise ValueError(f"chain=native: {why}. Or use chain=eager (other noise draws for the same seed).")
+        return name
     if name != "auto":
         return name
     path = table_path()
     entry = _read(path).get(machine_key(device)) if path is not None else None
-    if isinstance(entry, dict) and entry.get("adc_chain") in ("eager", "compiled"):
-        return str(entry["adc_chain"])
-    return "eager"
+    chosen = entry.get("adc_chain") if isinstance(entry, dict) else None
+    if chosen is None and path is not None and device.type == "cpu":
+        from emulator import native
+
+        why = native.why_unavailable()
+        chosen = set_adc_chain(device, "eager" if why else "native", {}, source=why or "first chip: the C kernel builds")
+    if chosen == "native":
+        from emulator import native
+
+        return "native" if device.type == "cpu" and native.available() else "eager"
+    return str(chosen) if chosen in CHAINS else "eager"
 
 
-def set_adc_chain(device: torch.device, choice: str, measured: dict[str, Any], *, replace: bool = False) -> str:
-    """Record the ADC-chain choice in this machine's table entry (kept if there and not ``replace``).
+def set_adc_chain(device: torch.device, choice: str, measured: dict[str, Any], *, replace: bool = False,
+                  source: str = "hil bench") -> str:
+    """Record the ADC-chain choice in this machine's table entry (kept if there and not ``replace``),
+    with the rates it was chosen by (``measured``, MVM/s per chain) and why (``source``).
     Returns the choice now in force."""
     path = table_path()
     if path is None:
         return "eager"
     entry = dict(_read(path).get(machine_key(device)) or {})
-    if entry.get("adc_chain") in ("eager", "compiled") and not replace:
+    if entry.get("adc_chain") in CHAINS and not replace:
         return str(entry["adc_chain"])
     if "choice" not in entry:
         entry.update(probe(device))
     entry["adc_chain"] = choice
     entry["adc_chain_mvm_per_s"] = measured
+    entry["adc_chain_source"] = source
     stored = write_entry(device, entry, replace=True)
     return str((stored or {}).get("adc_chain", "eager"))

@@ -127,6 +127,35 @@ def adc_reference(d: torch.Tensor, s: torch.Tensor, var: torch.Tensor, noise: to
     return cco(q.abs(), window, window) * torch.sign(q)
 
 
+def adc_native(d: torch.Tensor, s: torch.Tensor | None, var: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor,
+               preset: EmulatorPreset, mode: str, key: int, nonce: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The ADC chain of :func:`adc_reference` with the fast read noise drawn inside, as int32 counts,
+    by the C loop of ``emulator/adc_kernel.c`` (``emulator/native.py``; CPU only). ``key``/``nonce``:
+    the generator's key and this call's nonce; ``noise`` (tests) replaces the generator, and then the
+    counts equal :func:`adc_reference`'s but for float rounding at a count boundary."""
+    from emulator import native
+
+    gk, ot, clip_hi, bk, top = native_constants(gain, offset, preset, mode)
+    return native.adc_counts(d, s if mode == "4phase" else None, var, gk, ot, mode == "4phase", clip_hi, bk, top,
+                             key, nonce, noise)
+
+
+def native_constants(gain: torch.Tensor, offset: torch.Tensor, preset: EmulatorPreset,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor, float, float, float]:
+    """The native chain's constants, the same float32 values :func:`cco_counts` computes: gain k t and
+    offset t (n, C) [counts per charge unit, counts], the charge clip i_sat / k, B k and the counter's
+    top [counts] for ``mode``'s windows."""
+    adc, per = preset.adc, preset.periphery
+    window = per.window_ns
+    charge_window, t = (4 * window, 2 * window) if mode == "4phase" else (window, window)
+    k = per.v_read_v * per.pwm_ns_per_lsb / charge_window
+    n, c = gain.shape[0], gain.shape[-1]
+    gk = (gain * (k * t)).reshape(n, c).float()
+    ot = (offset * t).reshape(n, c).float() if _has_offset(preset) else torch.zeros((n, c))
+    bk = adc.nonlinearity_per_ua * k if adc.nonlinearity_per_ua > 0 else 0.0
+    return gk, ot, adc.i_sat_ua / k, bk, float(2**adc.counter_bits - 1)
+
+
 _FUSED: dict[tuple[str, str], Any] = {}
 
 
@@ -181,5 +210,7 @@ def keep_freed_memory() -> None:
     except OSError:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
+    # mallopt takes a C int: 1 << 34 (this call's value until 2026-12) wrapped to 0, trimming the
+    # heap on every free, so each large temporary was fresh pages again (8,000 faults per 32 MiB).
     libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, 1 << 34)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)

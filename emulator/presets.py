@@ -146,9 +146,10 @@ class NumericsModel(_Model):
     noise_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="read-noise variance matmul; auto: as matmul_dtype"
     )
-    adc_chain: Literal["auto", "eager", "compiled"] = Field(
-        "auto", description="elementwise ADC chain: eager torch ops, or one torch.compile kernel; auto: what "
-        "`hil bench` measured on this machine (eager where it has not)"
+    adc_chain: Literal["auto", "eager", "compiled", "native"] = Field(
+        "auto", description="elementwise ADC chain: eager torch ops, one torch.compile kernel, or the C loop of "
+        "emulator/adc_kernel.c with its own noise generator (emulator/native.py); auto: what `hil bench` measured "
+        "on this machine (eager where it has not)"
     )
     drift_rel_tol: float = Field(1e-3, ge=0.0, le=0.1, description="recompute drifted matrices after dt > tol (t - t_p + t0)")
 

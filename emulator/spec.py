@@ -21,7 +21,7 @@ def parse_spec(spec: str = "") -> tuple[str, Geometry | None, dict[str, dict[str
 
     ``PRESET[,cores=N][,rows=N][,cols=N][,matmul=DTYPE][,chain=CHAIN][,SECTION.FIELD=VALUE...]``
     (all parts optional): ``matmul``: float32 (exact), bfloat16 or auto (measured per machine);
-    ``chain``: the ADC chain, eager, compiled or auto; ``SECTION.FIELD``: any constant of the
+    ``chain``: the ADC chain, eager, compiled, native or auto; ``SECTION.FIELD``: any constant of the
     preset's ``noise``, ``device``, ``adc``, ``periphery``, ``verify``, ``timing`` or ``numerics``
     models (``noise.fast_mvm_scale=3``, ``noise.output_noise_recurrence=frozen``), validated by
     that model (docs/emulator.md). A key given twice (``matmul=`` and ``numerics.matmul_dtype=``
@@ -50,7 +50,7 @@ def parse_spec(spec: str = "") -> tuple[str, Geometry | None, dict[str, dict[str
         if not eq or "." not in full:
             raise ChipInputError(
                 f"bad emulator spec part {part!r}; use cores=N, rows=N, cols=N, matmul=float32|bfloat16|auto, "
-                "chain=eager|compiled|auto or SECTION.FIELD=VALUE (e.g. noise.fast_mvm_scale=3; docs/emulator.md)."
+                "chain=eager|compiled|native|auto or SECTION.FIELD=VALUE (e.g. noise.fast_mvm_scale=3; docs/emulator.md)."
             )
         try:
             section, name, parsed = parse_spec_override(full, value)
@@ -58,7 +58,7 @@ def parse_spec(spec: str = "") -> tuple[str, Geometry | None, dict[str, dict[str
             if key not in SHORTHANDS:
                 raise
             raise ChipInputError(f"bad emulator spec part {part!r}; use matmul=float32|bfloat16|auto "
-                                 "or chain=eager|compiled|auto.") from None
+                                 "or chain=eager|compiled|native|auto.") from None
         overrides.setdefault(section, {})[name] = parsed
     try:
         geometry = Geometry(**geo) if geo else None
@@ -82,6 +82,6 @@ def resume_spec(spec: str, info: dict[str, Any]) -> str:
     keys = {p.partition("=")[0].strip() for p in parts if "=" in p}
     keys |= {short for short, full in SHORTHANDS.items() if full in keys}
     pins = {"matmul": recorded.get("matmul_dtype"), "chain": recorded.get("adc_chain")}
-    allowed = {"matmul": set(numerics.DTYPES), "chain": {"eager", "compiled"}}
+    allowed = {"matmul": set(numerics.DTYPES), "chain": set(numerics.CHAINS)}
     extra = [f"{k}={v}" for k, v in pins.items() if k not in keys and isinstance(v, str) and v in allowed[k]]
     return ",".join(parts + extra)

@@ -11,6 +11,7 @@ range and the fix. Nothing here touches a chip, so a refused call changes no sta
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -141,7 +142,9 @@ def device_addresses(g: Geometry, core: Any, row: Any, col: Any, device: Any) ->
 
 def core_list(g: Geometry, cores: Any, name: str = "cores") -> np.ndarray:
     """A non-empty 1-D int64 array of distinct core indices; ``None`` means every core."""
-    cores_a = np.arange(g.n_cores) if cores is None else np.atleast_1d(to_numpy(cores))
+    if cores is None:  # every core: valid and distinct by construction (the common, hot case)
+        return np.arange(g.n_cores)
+    cores_a = np.atleast_1d(to_numpy(cores))
     if cores_a.ndim != 1 or cores_a.size == 0:
         raise ChipInputError(f"{name} has shape {cores_a.shape}; pass a non-empty 1-D list of core indices.")
     cores_a = check_index(name, cores_a, g.n_cores)
@@ -163,8 +166,17 @@ def mvm(g: Geometry, x: Any, cores: Any, output: str, mode: str,
     if mode not in READ_MODES:
         raise ChipInputError(f"mode={mode!r} is not one of {READ_MODES}.")
     cores_a = core_list(g, cores)
-    dtype = str(getattr(x, "dtype", np.asarray(x).dtype))
-    if not any(t in dtype for t in ("int8", "int16", "int32", "int64")) or "uint" in dtype:
+    dt = getattr(x, "dtype", None)
+    if dt is None:
+        dt = np.asarray(x).dtype
+    if isinstance(dt, np.dtype):  # numpy: by kind (str() of a dtype is slow on this hot path)
+        signed, is_int8 = dt.kind == "i", dt.kind == "i" and dt.itemsize == 1
+    else:  # torch and other array types
+        name = str(dt)
+        signed = any(t in name for t in ("int8", "int16", "int32", "int64")) and "uint" not in name
+        is_int8 = signed and "int8" in name
+    if not signed:
+        dtype = str(dt)
         raise ChipInputError(
             f"x has dtype {dtype}; MVM inputs are signed 8-bit PWM codes. "
             f"Quantise to integers in [{INPUT_MIN}, {INPUT_MAX}] (e.g. np.int8)."
@@ -189,13 +201,13 @@ def mvm(g: Geometry, x: Any, cores: Any, output: str, mode: str,
             f"x has shape {shape}; expected (B, {g.n_rows}) or ({cores_a.size}, B, {g.n_rows}) "
             f"for {cores_a.size} selected cores."
         )
-    if "int8" not in dtype:
-        lo, hi = (int(x.min()), int(x.max())) if np.prod(shape) else (0, 0)
+    if not is_int8:
+        lo, hi = (int(x.min()), int(x.max())) if math.prod(shape) else (0, 0)
         if lo < INPUT_MIN or hi > INPUT_MAX:
             bad = lo if lo < INPUT_MIN else hi
             raise ChipInputError(f"x contains {bad}; allowed [{INPUT_MIN}, {INPUT_MAX}]. Clip or rescale.")
     else:
-        lo = int(x.min()) if np.prod(shape) else 0
+        lo = int(x.min()) if math.prod(shape) else 0
         if lo < INPUT_MIN:
             raise ChipInputError(f"x contains {lo}; allowed [{INPUT_MIN}, {INPUT_MAX}] (-128 has no PWM code).")
     return x, cores_a

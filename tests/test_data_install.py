@@ -91,6 +91,7 @@ def test_wheel_carries_data(tmp_path):
     missing = [f for f in SHIPPED if data_root + f not in names]
     assert not missing, missing
     assert any(n.startswith("protocols/datafiles.py") for n in names)
+    assert "emulator/adc_kernel.c" in names  # the native ADC chain's source, built on the user's machine
 
 
 def test_plain_install_finds_data(tmp_path):
@@ -102,7 +103,8 @@ def test_plain_install_finds_data(tmp_path):
     r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    code = ("import protocols.datafiles as d, protocols.kernels.reference as r; "
+    code = ("import protocols.datafiles as d, protocols.kernels.reference as r, emulator.native as nat; "
+            "assert nat.SOURCE.is_file(), nat.SOURCE; "
             "print(d.__file__); print(d.data_dir()); print(len(r.load()['datasets']))")
     env = {k: v for k, v in os.environ.items() if k not in ("HIL_DATA", "PYTHONPATH")}
     r = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)

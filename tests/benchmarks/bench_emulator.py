@@ -37,41 +37,47 @@ def _rate(fn: Callable[[], Any], min_time_s: float, min_calls: int = 3) -> float
 
 
 def choose_adc_chain(device: torch.device, preset: str, min_time_s: float, *, replace: bool = False) -> dict[str, Any]:
-    """Measure the eager and the compiled ADC chain at batch 64 on a full chip (where this machine's
-    table has no choice yet, or ``replace``) and record the faster in the table (emulator/numerics.py).
+    """Measure the ADC chains (eager, compiled, native; emulator/numerics.py CHAINS) at batch 64 on a
+    full chip (where this machine's table has no choice yet, or ``replace``) and record the fastest in
+    the table; another chain than eager must beat it by 5 %.
 
-    Returns ``{"choice": ..., "eager_mvm_per_s": ..., "compiled_mvm_per_s": ...}`` (empty if the
-    table already had a choice). A compiler that fails leaves the choice eager.
+    Returns ``{"choice": ..., "eager_mvm_per_s": ..., "compiled_mvm_per_s": ..., "native_mvm_per_s": ...}``
+    (empty if the table already had a choice). A chain that cannot run here (no compiler) gets 0 and
+    its error as ``<chain>_error``.
     """
     entry = numerics.table_entry(device)
-    if entry is not None and entry.get("adc_chain") in ("eager", "compiled") and not replace:
+    if entry is not None and entry.get("adc_chain") in numerics.CHAINS and not replace:
         return {}
     rates: dict[str, float] = {}
+    errors: dict[str, str] = {}
     x = np.random.default_rng(0).integers(-127, 128, (64, 256)).astype(np.int8)
-    for chain in ("eager", "compiled"):
-        chip = EmulatedChip(preset, seed=0, device=str(device), overrides={"numerics": {"adc_chain": chain}})
+    for chain in numerics.CHAINS:
         try:
+            chip = EmulatedChip(preset, seed=0, device=str(device), overrides={"numerics": {"adc_chain": chain}})
             chip.mvm(x)  # compiles
         except Exception as exc:
             rates[chain] = 0.0
-            rates["compile_error"] = repr(exc)[:200]  # type: ignore[assignment]
+            errors[f"{chain}_error"] = repr(exc)[:200]
             continue
         rates[chain] = round(_rate(lambda chip=chip: chip.mvm(x), min_time_s / 2), 2)
         del chip
-    choice = "compiled" if rates.get("compiled", 0.0) > 1.05 * rates["eager"] else "eager"
+    best = max(rates, key=lambda k: rates[k])
+    choice = best if best != "eager" and rates[best] > 1.05 * rates["eager"] else "eager"
     numerics.set_adc_chain(device, choice, rates, replace=True)
-    return {"choice": choice, **{f"{k}_mvm_per_s" if k != "compile_error" else k: v for k, v in rates.items()}}
+    return {"choice": choice, **{f"{k}_mvm_per_s": v for k, v in rates.items()}, **errors}
 
 
 def run_bench(batches: tuple[int, ...] = (1, 64, 1024), min_time_s: float = 2.0, device: str = "cpu",
-              preset: str = "hermes", seed: int = 0, matmul: str = "auto", probe: bool = False) -> dict[str, Any]:
+              preset: str = "hermes", seed: int = 0, matmul: str = "auto", probe: bool = False,
+              chain: str = "auto") -> dict[str, Any]:
     """Measure and return the benchmark figures (see the module docstring)."""
     probed = None
     if probe:
         probed = numerics.probe(torch.device(device))
         numerics.write_entry(torch.device(device), probed, replace=True)
-    chain = choose_adc_chain(torch.device(device), preset, min_time_s, replace=probe)
-    overrides = None if matmul == "auto" else {"numerics": {"matmul_dtype": matmul}}
+    chain_probe = choose_adc_chain(torch.device(device), preset, min_time_s, replace=probe)
+    pins = {k: v for k, v in (("matmul_dtype", matmul), ("adc_chain", chain)) if v != "auto"}
+    overrides = {"numerics": pins} if pins else None
     chip = EmulatedChip(preset, seed=seed, device=device, overrides=overrides)
     g = chip.geometry
     rng = np.random.default_rng(seed)
@@ -89,7 +95,7 @@ def run_bench(batches: tuple[int, ...] = (1, 64, 1024), min_time_s: float = 2.0,
         "matmul_dtype": chip.matmul_dtype,
         "dtype_probe": probed,
         "adc_chain": chip.info.details["numerics"]["adc_chain"],
-        "adc_chain_probe": chain,
+        "adc_chain_probe": chain_probe,
         "batches": list(batches),
         "chip_mvm_per_s": {},
         "chip_vectors_per_s": {},
@@ -147,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--matmul", default="auto", choices=["auto", *numerics.DTYPES],
                     help="emulator matmul dtype (auto: measured per machine; float32: exact)")
-    ap.add_argument("--probe", action="store_true", help="re-measure the dtype table entry of this machine first")
+    ap.add_argument("--chain", default="auto", choices=["auto", *numerics.CHAINS],
+                    help="emulator ADC chain (auto: measured per machine; eager: torch's generator)")
+    ap.add_argument("--probe", action="store_true",
+                    help="re-measure this machine's table entry (matmul dtype, ADC chain) first")
     args = ap.parse_args(argv)
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--batches={args.batches!r}; give comma-separated positive integers like 1,64,1024")
     if any(b < 1 or b > 65536 for b in batches):
         ap.error(f"--batches={args.batches!r}; each batch must be in [1, 65536]")
-    res = run_bench(batches, args.min_time, args.device, args.preset, args.seed, args.matmul, args.probe)
+    res = run_bench(batches, args.min_time, args.device, args.preset, args.seed, args.matmul, args.probe, args.chain)
     if args.json:
         print(json.dumps(res))
     else:

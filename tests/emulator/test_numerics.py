@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import emulator.chip as chip_mod
-from emulator import EmulatedChip, numerics, periphery
+from emulator import EmulatedChip, native, numerics, periphery
 from hil import Geometry
 from hil.errors import RunFileError
 from hil.journal import RecordingChip
@@ -19,7 +19,7 @@ from hil.runs import RunReader
 from hil.runs.writer import RunWriter
 
 GEO = Geometry(n_cores=3, n_rows=64, n_cols=32)
-EXACT = {"numerics": {"matmul_dtype": "float32"}}
+EXACT = {"numerics": {"matmul_dtype": "float32", "adc_chain": "eager"}}  # the torch chain these tests check
 
 
 def _chip(seed: int = 4, overrides: dict | None = None) -> EmulatedChip:
@@ -64,7 +64,12 @@ def test_first_table_writer_wins_and_no_table_means_float32(table: Path, monkeyp
     assert numerics.write_entry(cpu, {"choice": "bfloat16"}) == first  # a racing prober adopts the stored one
     assert numerics.resolve("auto", cpu) == (torch.float32, "table")
     assert numerics.write_entry(cpu, {"choice": "bfloat16"}, replace=True)["choice"] == "bfloat16"
-    assert numerics.resolve_adc_chain("auto", cpu) == "eager"  # no chain measured yet
+    # No chain recorded yet: the first chip takes the native chain where the C kernel builds, and records it.
+    first_chain = "native" if native.available() else "eager"
+    assert numerics.resolve_adc_chain("auto", cpu) == first_chain
+    assert numerics.table_entry(cpu)["adc_chain"] == first_chain
+    assert numerics.write_entry(cpu, {"choice": "float32", "adc_chain": "compiled"}, replace=True)
+    assert numerics.resolve_adc_chain("auto", cpu) == "compiled"  # a recorded choice (hil bench) is kept
     monkeypatch.setenv("HIL_NUMERICS_TABLE", "off")
     assert numerics.resolve("auto", cpu) == (torch.float32, "no table")
     assert numerics.resolve_adc_chain("auto", cpu) == "eager"

@@ -13,6 +13,7 @@ import pytest
 PACKAGES = {
     "h5ls": "hdf5-tools", "h5dump": "hdf5-tools", "mosquitto": "mosquitto", "mosquitto_passwd": "mosquitto",
     "openssl": "openssl", "chromium": "chromium", "chromedriver": "chromium-driver",
+    "gcc": "gcc", "cc": "gcc", "clang": "clang",  # the emulator's native ADC chain (emulator/native.py)
 }
 
 

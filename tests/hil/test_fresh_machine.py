@@ -1,4 +1,4 @@
-"""On a machine without h5ls, h5dump, mosquitto, openssl or chromium the tests that need them skip, naming the
+"""On a machine without h5ls, h5dump, mosquitto, openssl, chromium or a C compiler the tests that need them skip, naming the
 tool and its install command, and the rest pass (CI installs the tools: .ci/run)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ TOOL_TESTS = [
     "tests/hil/test_telemetry_auth.py",
     "tests/hil/test_telemetry.py",
     "tests/web/test_browser.py",
+    "tests/emulator/test_native.py",
 ]
 
 
@@ -40,7 +41,7 @@ def _path_without(tools: set[str], bin_dir: Path) -> str:
 
 def test_tool_tests_skip_with_an_install_hint_without_the_tools(tmp_path: Path) -> None:
     path = _path_without(set(PACKAGES), tmp_path / "bin")
-    env = {**os.environ, "PATH": path, "PYTHONPATH": str(REPO)}
+    env = {**{k: v for k, v in os.environ.items() if k != "CC"}, "PATH": path, "PYTHONPATH": str(REPO)}
     selected = [t for t in TOOL_TESTS if (REPO / t.split("::")[0]).is_file()]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *selected], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -49,3 +50,4 @@ def test_tool_tests_skip_with_an_install_hint_without_the_tools(tmp_path: Path) 
     assert any("h5ls, h5dump not installed: sudo apt-get install hdf5-tools" in s for s in skips), proc.stdout[-2000:]
     assert any("mosquitto" in s and "apt-get install mosquitto" in s for s in skips), proc.stdout[-2000:]
     assert any("chromium" in s and "apt-get install chromium chromium-driver" in s for s in skips), proc.stdout[-2000:]
+    assert any("native ADC chain" in s and "apt-get install gcc" in s for s in skips), proc.stdout[-2000:]
