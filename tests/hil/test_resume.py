@@ -244,21 +244,23 @@ def test_a_signal_during_the_final_flush_waits_for_the_status(sig: int, tmp_path
 
 
 def test_resume_makes_the_runs_numerics_choice_not_this_machines(tmp_path: Path, monkeypatch) -> None:
-    """The emulator picks its matmul dtype per machine (a table); a resume where the table now says
-    otherwise (another machine, a re-measured table) must re-execute with the recorded dtype."""
+    """The emulator picks its matmul dtype and ADC chain per machine (a table); a resume where the table
+    now says otherwise (another machine, a re-measured table) must re-execute with the recorded ones."""
     import json
 
     import torch
 
-    from emulator import numerics
+    from emulator import native, numerics
 
-    def table(choice: str) -> Path:
+    recorded_chain = "native" if native.available() else "eager"  # native draws other noise than eager
+
+    def table(choice: str, chain: str) -> Path:
         path = tmp_path / f"table-{choice}.json"
-        path.write_text(json.dumps({numerics.machine_key(torch.device("cpu")): {"choice": choice}}))
+        path.write_text(json.dumps({numerics.machine_key(torch.device("cpu")): {"choice": choice, "adc_chain": chain}}))
         return path
 
     sets = [f"steps={STEPS}"]
-    monkeypatch.setenv("HIL_NUMERICS_TABLE", str(table("float32")))
+    monkeypatch.setenv("HIL_NUMERICS_TABLE", str(table("float32", recorded_chain)))
     ref = run_protocol("test-steps", chip=SMALL_CHIP, sets=sets, seed=SEED, out=tmp_path / "ref")
     monkeypatch.setenv("HIL_TEST_INTERRUPT_AT_STEP", "6")
     with pytest.raises(KeyboardInterrupt):
@@ -267,13 +269,13 @@ def test_resume_makes_the_runs_numerics_choice_not_this_machines(tmp_path: Path,
     (path,) = (tmp_path / "cut").glob("*.h5")
     with RunReader(path) as r:
         assert r.start.chip_info["details"]["numerics"]["matmul_dtype"] == "float32"
-    monkeypatch.setenv("HIL_NUMERICS_TABLE", str(table("bfloat16")))
+    monkeypatch.setenv("HIL_NUMERICS_TABLE", str(table("bfloat16", "eager")))
     from emulator import EmulatedChip
 
     assert EmulatedChip.from_spec("hermes,cores=2,rows=16,cols=16").matmul_dtype == "bfloat16"  # the table now differs
     res = resume_run(path)
     assert res.status == "success"
     with RunReader(path) as r:
-        assert r.start.chip_spec == SMALL_CHIP + ",matmul=float32,chain=eager"
+        assert r.start.chip_spec == SMALL_CHIP + f",matmul=float32,chain={recorded_chain}"
         assert r.start.chip_info["details"]["numerics"]["matmul_dtype"] == "float32"
     assert_same_data(ref.path, path)
