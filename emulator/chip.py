@@ -618,9 +618,14 @@ class EmulatedChip(Chip):
                  and max(self.geometry.n_rows, self.geometry.n_cols) <= native.SMALL_MAX_RC)
         gain, off = self._adc_gain, self._adc_offset
         if not all_cores and not small:
-            ci = torch.from_numpy(cores).to(self.device)
-            mats = tuple(m[ci] for m in mats)
-            gain, off = gain[ci], off[ci]
+            first = int(cores[0])
+            if bool(np.all(np.diff(cores) == 1)):  # a run of cores (a layer's tiles): views, no copy
+                mats = tuple(m[first:first + cores.size] for m in mats)
+                gain, off = gain[first:first + cores.size], off[first:first + cores.size]
+            else:
+                ci = torch.from_numpy(cores).to(self.device)
+                mats = tuple(m[ci] for m in mats)
+                gain, off = gain[ci], off[ci]
         with torch.no_grad():
             if small:
                 consts = self._native_consts.get(mode)

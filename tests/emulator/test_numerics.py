@@ -124,6 +124,21 @@ def test_adc_chain_runs_on_any_device_type() -> None:
     assert periphery.adc_1phase(t[1].clone(), gain, off, chip.preset).shape == shape
 
 
+@pytest.mark.parametrize("chain", ["eager", "native"])
+def test_a_run_of_cores_and_the_same_cores_gathered_give_the_same_counts(chain: str) -> None:
+    """Contiguous core selections use views of the cached matrices, others gather them: the same
+    products (noise off, so that row order does not matter)."""
+    if chain == "native" and not native.available():
+        pytest.skip(str(native.why_unavailable()))
+    quiet = {"numerics": {"matmul_dtype": "float32", "adc_chain": chain}, "noise": {"read_noise_scale": 0.0}}
+    a, b = _chip(overrides=quiet), _chip(overrides=quiet)
+    x = np.random.default_rng(9).integers(-127, 128, (2, 20, GEO.n_rows)).astype(np.int8)
+    run = a.mvm(x, cores=[1, 2])
+    gathered = b.mvm(x[::-1].copy(), cores=[2, 1])[::-1]
+    np.testing.assert_array_equal(run, gathered)
+    assert np.abs(run).mean() > 10
+
+
 def test_same_seed_gives_the_same_counts_across_batch_paths() -> None:
     """A batch of 9 (separate matmuls) and the same vectors as batches of 3 (stacked) agree on the
     noise-free part: with the read noise off the paths differ only by float rounding at a floor."""
