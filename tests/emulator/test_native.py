@@ -187,3 +187,36 @@ def test_without_a_compiler_native_is_refused_by_name_and_auto_falls_back(tmp_pa
     numerics.write_entry(cpu, {"choice": "float32"})
     assert numerics.resolve_adc_chain("auto", cpu) == "eager"  # a first chip without a compiler
     assert "apt-get install gcc" in numerics.table_entry(cpu)["adc_chain_source"]
+
+
+@pytest.mark.parametrize("flags", [[], ["-fopenmp"], ["-march=native"]], ids=["plain", "openmp", "no-openmp"])
+def test_other_builds_give_the_same_counts(flags: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builds a machine may fall back to (no OpenMP: rows split over Python threads; no -march:
+    no bf16 dot instruction, portable vector code) give the default build's counts: exactly in
+    float32, within a count in bfloat16 (another summation order)."""
+    x = np.random.default_rng(8).integers(-127, 128, (GEO.n_cores, 6, GEO.n_rows)).astype(np.int8)
+    x_big = np.random.default_rng(8).integers(-127, 128, (GEO.n_cores, 70, GEO.n_rows)).astype(np.int8)
+    geo40 = Geometry(n_cores=2, n_rows=40, n_cols=16)  # rows not a multiple of 32: the generic dot
+    x40 = np.random.default_rng(8).integers(-127, 128, (2, 3, 40)).astype(np.int8)
+
+    def counts() -> list[np.ndarray]:
+        out = []
+        for dtype in ("float32", "bfloat16"):
+            chip, small = _chip(dtype), _chip(dtype, geometry=geo40)
+            out += [chip.mvm(x), chip.mvm(x_big), chip.mvm(x, mode="1phase"), small.mvm(x40)]
+        return out
+
+    want = counts()
+    monkeypatch.setattr(native, "_ARCH_FLAGS", (flags,))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert native.available(), native.why_unavailable()
+    assert bool(native._lib.hil_adc_openmp()) == ("-fopenmp" in flags)
+    assert list((tmp_path / "hil" / "kernels").glob("adc-*.so"))  # built into the cache, not found elsewhere
+    got = counts()
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        if i < 4:
+            np.testing.assert_array_equal(a, b, err_msg=f"float32 #{i}")
+        else:
+            assert np.abs(a.astype(int) - b).max() <= 1, f"bfloat16 #{i}"

@@ -22,8 +22,14 @@ def _targets(geo: hil.Geometry, seed: int = 0) -> np.ndarray:
     return map_to_conductance(w, 80.0)[0]
 
 
-def test_gdp_after_pv_lowers_the_mvm_error_of_the_same_cores() -> None:
-    chip = make_chip(MEDIUM, seed=11)
+@pytest.mark.parametrize("chain", ["eager", "native"])
+def test_gdp_after_pv_lowers_the_mvm_error_of_the_same_cores(chain: str) -> None:
+    """On either ADC chain (the torch one CI falls back to, and the C one a machine with a compiler uses)."""
+    from emulator import native
+
+    if chain == "native" and not native.available():
+        pytest.skip(str(native.why_unavailable()))
+    chip = make_chip(MEDIUM, seed=11, overrides={"numerics": {"adc_chain": chain}})
     t = _targets(MEDIUM)
     start = program_verify(chip, [0, 1], t)
     pv, _, _ = measure_mvm_errors(chip, np.arange(2), t, np.random.default_rng(99), n_inputs=512)
