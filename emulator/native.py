@@ -6,9 +6,10 @@ gets the same normal, whatever the split over threads), adds it, runs both CCO c
 int32 counts. Rows are split over ``torch.get_num_threads()`` Python threads (ctypes releases the GIL),
 so results do not depend on the thread count.
 
-The library is compiled on first use (``cc -O3 -march=native``, well under a second) into
-``$XDG_CACHE_HOME/hil/kernels/`` (``~/.cache/...``), keyed by the source, flags, compiler and CPU, and
-written atomically, so concurrent processes agree. Without a compiler the chain is unavailable:
+The library is compiled on first use (``cc -O3 -march=native -fopenmp``, well under a second; plainer
+flags where those fail) into ``$XDG_CACHE_HOME/hil/kernels/`` (``~/.cache/...``), keyed by the source,
+flags, compiler, OpenMP runtime and CPU (name and feature flags), and written atomically, so
+concurrent processes agree. Without a compiler the chain is unavailable:
 :func:`why_unavailable` says why and how to fix it; ``numerics.adc_chain='auto'`` then never picks it.
 Its noise stream differs from the eager chain's (torch's generator), so a run's chain is part of its
 chip info and pinned on resume (``emulator/spec.py``).
@@ -61,6 +62,32 @@ def _cache_dir() -> Path:
     return base / "hil" / "kernels"
 
 
+def _cpu_identity() -> bytes:
+    """What -march=native code depends on: the CPU's name and feature flags (a shared cache folder on
+    a cluster of different nodes must not hand one node's build to another), and the architecture."""
+    from emulator.numerics import _cpu_name
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return "\0".join([_cpu_name(), flags.strip(), platform.machine()]).encode()
+
+
+def _openmp_runtime() -> str | None:
+    """The OpenMP runtime this process already loaded (torch's own copy, maybe renamed by auditwheel),
+    linked by path so that the kernel runs on torch's thread team instead of a second runtime's."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "/lib" in line and ".so" in line}
+    except OSError:
+        return None
+    found = sorted(p for p in paths if Path(p).name.startswith(("libgomp", "libomp", "libiomp")))
+    return found[0] if found else None
+
+
 def _build() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
@@ -68,14 +95,17 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError((f"$CC={named!r} is not an executable" if named else "no C compiler found (cc, gcc or clang)")
                            + "; install one, e.g. apt-get install gcc, or set $CC")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    from emulator.numerics import _cpu_name  # the CPU's name: -march=native code is for this CPU only
-
     source = SOURCE.read_bytes()
+    runtime = _openmp_runtime()
     last = ""
     for arch in _ARCH_FLAGS:
         flags = _BASE_FLAGS + arch
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
-                                          _cpu_name().encode(), platform.machine().encode()])).hexdigest()[:16]
+        openmp = "-fopenmp" in flags
+        # OpenMP: compile, then link the object against the runtime already loaded (or the
+        # compiler's own where none is); otherwise one step.
+        link = ([runtime] if runtime else ["-fopenmp"]) if openmp else []
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags + link).encode(), version.encode(),
+                                          _cpu_identity()])).hexdigest()[:16]
         for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"hil-kernels-{os.getuid()}"):
             path = folder / f"adc-{key}.so"
             if path.is_file():
@@ -86,16 +116,24 @@ def _build() -> ctypes.CDLL:
                 os.close(fd)
             except OSError:
                 continue
+            obj = tmp + ".o"
             try:
-                done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                                      timeout=120)
-                if done.returncode != 0:
-                    last = done.stderr.strip()[-400:]
-                    break  # these flags do not compile here: try plainer ones
+                steps = ([[cc, *flags, "-c", "-o", obj, str(SOURCE)], [cc, "-shared", "-o", tmp, obj, *link]] if openmp
+                         else [[cc, *flags, "-o", tmp, str(SOURCE)]])
+                failed = None
+                for cmd in steps:
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                    if done.returncode != 0:
+                        failed = done.stderr.strip()[-400:]
+                        break
+                if failed is not None:
+                    last = failed
+                    break  # these flags do not build here: try plainer ones
                 os.replace(tmp, path)
                 return ctypes.CDLL(str(path))
             finally:
                 Path(tmp).unlink(missing_ok=True)
+                Path(obj).unlink(missing_ok=True)
     raise RuntimeError(f"{cc} could not build {SOURCE.name}: {last or 'no writable cache folder'}")
 
 
