@@ -139,7 +139,9 @@ def bench_inference(calls: int, batch: int, cores: int, repeats: int, compressio
     ``overhead_pct``: the whole journaled ``run_protocol`` (engine start, run file, close) against the
     bare protocol; ``overhead_protocol_pct``: the protocol's own wall time in the engine (the run's
     ``wall_s``); ``floor_overhead_pct``: the same bytes written to a plain file by a thread
-    (:class:`_RawJournal`), what this machine charges for the bytes alone.
+    (:class:`_RawJournal`), what this machine charges for the bytes alone. The percentages depend on
+    how fast the emulator is; ``journal_ms_per_mvm`` / ``floor_ms_per_mvm`` (median extra wall time per
+    MVM call) and ``journal_MB_per_s`` (bytes per MVM over that time) do not.
     """
     from hil.chips import backend_class
     from hil.protocol import protocols
@@ -192,6 +194,11 @@ def bench_inference(calls: int, batch: int, cores: int, repeats: int, compressio
     def pct(arm: list[float], base: list[float]) -> float:
         return round(100 * float(np.median([a / b - 1 for a, b in zip(arm, base, strict=True)])), 2)
 
+    def extra_ms(arm: list[float], base: list[float]) -> float:
+        return float(np.median([a - b for a, b in zip(arm, base, strict=True)])) * 1e3 / calls
+
+    journal_ms = extra_ms(journaled, bare_j)
+
     return {
         "calls": calls, "batch": batch, "cores": cores,
         "bare_s": round(float(np.median(bare + bare_j)), 3),
@@ -200,6 +207,9 @@ def bench_inference(calls: int, batch: int, cores: int, repeats: int, compressio
         "overhead_pct": pct(journaled, bare_j),
         "overhead_protocol_pct": pct(protocol, bare_j),
         "floor_overhead_pct": pct(floor, bare),
+        "journal_ms_per_mvm": round(journal_ms, 3),
+        "floor_ms_per_mvm": round(extra_ms(floor, bare), 3),
+        "journal_MB_per_s": round(float(np.median(sizes)) / calls / 1e6 / max(journal_ms * 1e-3, 1e-9), 1),
         "bytes_per_mvm": round(float(np.median(sizes)) / calls),
         "floor_bytes_per_mvm": round(float(np.median(floor_sizes)) / calls),
         "array_bytes_per_mvm": cores * batch * 256 * (1 + np.dtype(dtype).itemsize),
