@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-import emulator.chip as chip_mod
+import emulator.datapath as datapath
 from emulator import EmulatedChip, native, numerics, periphery
 from emulator.spec import resume_spec
 from hil import Geometry
@@ -48,7 +48,7 @@ def test_native_chain_gives_the_reference_counts_for_the_same_noise(dtype: str, 
     chip = _chip(dtype, chain="eager")
     chip._refresh(chip._all_cores)
     x = torch.from_numpy(np.random.default_rng(batch).integers(-127, 128, (GEO.n_cores, batch, GEO.n_rows)).astype(np.int8))
-    stacked = batch <= chip_mod.STACK_MAX_BATCH
+    stacked = batch <= datapath.STACK_MAX_BATCH
     mats = (chip._w3,) if stacked else (chip._w_diff, chip._w_sum, chip._w_var)
     d, s, var = chip._products(x, mats, mode)
     if stacked and mode == "4phase":
@@ -105,7 +105,7 @@ def test_small_batch_kernel_equals_the_matmul_path(monkeypatch: pytest.MonkeyPat
         x = np.random.default_rng(2).integers(-127, 128, (3, 5, geometry.n_rows)).astype(np.int8)
         shared = x[0]
         small = [a.mvm(x, cores=[2, 0, 1]), a.mvm(shared, cores=[1, 2]), a.mvm(x, cores=[0, 2, 1], mode="1phase")]
-        monkeypatch.setattr(chip_mod, "STACK_MAX_BATCH", 0)  # every batch through the matmuls and adc_counts
+        monkeypatch.setattr(datapath, "STACK_MAX_BATCH", 0)  # every batch through the matmuls and adc_counts
         big = [b.mvm(x, cores=[2, 0, 1]), b.mvm(shared, cores=[1, 2]), b.mvm(x, cores=[0, 2, 1], mode="1phase")]
         monkeypatch.undo()
         for s, g in zip(small, big, strict=True):
@@ -119,7 +119,7 @@ def test_bfloat16_small_kernel_agrees_with_the_matmul_path_within_a_count(monkey
     a, b = _chip("bfloat16"), _chip("bfloat16")
     x = np.random.default_rng(4).integers(-127, 128, (GEO.n_cores, 6, GEO.n_rows)).astype(np.int8)
     small = a.mvm(x)
-    monkeypatch.setattr(chip_mod, "STACK_MAX_BATCH", 0)
+    monkeypatch.setattr(datapath, "STACK_MAX_BATCH", 0)
     big = b.mvm(x)
     assert np.abs(small.astype(int) - big).max() <= 1 and np.abs(small).mean() > 5
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import emulator.chip as chip_mod
+import emulator.datapath as datapath
 from emulator import EmulatedChip, native, numerics, periphery
 from hil import Geometry
 from hil.errors import RunFileError
@@ -93,7 +93,7 @@ def test_stacked_small_batch_matmul_equals_the_separate_matmuls(mode: str) -> No
 def test_chunked_eager_adc_chain_matches_the_reference_chain(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache-sized chunks and in-place ops give the counts of the plain formula."""
     chip = _chip()
-    monkeypatch.setattr(chip_mod, "_ADC_CHUNK", GEO.n_rows * 7)  # several chunks even on this small chip
+    monkeypatch.setattr(datapath, "_ADC_CHUNK", GEO.n_rows * 7)  # several chunks even on this small chip
     rng = np.random.default_rng(2)
     shape = (GEO.n_cores, 7, GEO.n_cols)
     d = torch.from_numpy(rng.normal(0, 3000, shape).astype(np.float32))
@@ -155,7 +155,7 @@ def test_same_seed_gives_the_same_counts_across_batch_paths() -> None:
 def test_compiled_adc_chain_gives_the_eager_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.compile of the chain (where a compiler is present) agrees with the eager chain."""
     pytest.importorskip("torch._inductor")
-    monkeypatch.setattr(chip_mod, "COMPILE_MIN_OUTPUTS", 0)
+    monkeypatch.setattr(datapath, "COMPILE_MIN_OUTPUTS", 0)
     for dtype in ("float32", "bfloat16"):
         eager = _chip(overrides={"numerics": {"matmul_dtype": dtype, "adc_chain": "eager"}})
         fused = _chip(overrides={"numerics": {"matmul_dtype": dtype, "adc_chain": "compiled"}})
