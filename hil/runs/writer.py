@@ -62,6 +62,12 @@ def free_bytes(folder: Path) -> int:
     st = os.statvfs(folder)
     return int(st.f_bavail) * int(st.f_frsize)
 _LARGE_BLOCK = 1 << 20  # blocks of at least this many bytes are written without joining them first
+#: A write of at least this many bytes (a journal of large MVMs: tens of MB a second) is synced and
+#: its pages dropped from the page cache at once: the file's pages are then reused instead of the
+#: page cache growing by every byte written, whose fresh pages cost the kernel more CPU than the
+#: copy itself (1.3 ms/MB on the test VM against 0.3 ms/MB synced and dropped); it also puts the
+#: data on disk within a flush interval.
+SYNC_DROP_BYTES = 8 << 20
 MAX_PENDING_BYTES = 256 * 2**20
 #: How long a flush keeps retrying to open a busy file (HDF5 refuses to open for writing a file that
 #: this same process has open read-only, e.g. a RunReader left open during the run).
@@ -690,10 +696,16 @@ class RunWriter:
                     ds[n : n + seg.shape[0]] = seg
                     n += seg.shape[0]
                     series.n_written += seg.shape[0]
-        if self._fsync:
+        large = sum(seg.nbytes for _, segments in batch for seg in segments) >= SYNC_DROP_BYTES
+        if self._fsync or large:
             fd = os.open(self.path, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                if self._fsync:
+                    os.fsync(fd)
+                else:
+                    os.fdatasync(fd)  # dirty pages cannot be dropped
+                if large and hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
 

@@ -93,7 +93,9 @@ def inference(chip: Chip, config: InferenceConfig, run: RunLog) -> dict[str, Any
 class _RawJournal:
     """The floor of any journal of :func:`inference` on this machine: the same bytes per MVM (x int8,
     y int16) appended to a plain file by a thread every 0.25 s (``os.write``; no HDF5, no checksums,
-    no metadata). A duck-typed chip: :func:`inference` only uses ``geometry`` and ``mvm``."""
+    no metadata), each large write synced and its pages dropped as the run writer does
+    (``hil.runs.writer.SYNC_DROP_BYTES``). A duck-typed chip: :func:`inference` only uses ``geometry``
+    and ``mvm``."""
 
     def __init__(self, chip: Chip, path: Path) -> None:
         import threading
@@ -119,6 +121,12 @@ class _RawJournal:
             blocks, self._pending = self._pending, []
         for block in blocks:
             os.write(self._fd, block)
+        from hil.runs.writer import SYNC_DROP_BYTES
+
+        if sum(b.nbytes for b in blocks) >= SYNC_DROP_BYTES:
+            os.fdatasync(self._fd)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def _loop(self) -> None:
         while not self._done.wait(0.25):
