@@ -73,6 +73,30 @@ static inline void cos_sin_turn(float v, float *co, float *si) {
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
 
+/* Philox4x32-10: the 4 words of counter x under key (k0, k1), in place. */
+static inline void philox4x32_10(uint32_t *x0, uint32_t *x1, uint32_t *x2, uint32_t *x3, uint32_t k0, uint32_t k1) {
+    uint32_t a = k0, b = k1;
+#pragma GCC unroll 10
+    for (int round = 0; round < 10; round++) {
+        uint64_t p0 = (uint64_t)PHILOX_M0 * *x0;
+        uint64_t p1 = (uint64_t)PHILOX_M1 * *x2;
+        uint32_t y0 = (uint32_t)(p1 >> 32) ^ *x1 ^ a;
+        uint32_t y1 = (uint32_t)p1;
+        uint32_t y2 = (uint32_t)(p0 >> 32) ^ *x3 ^ b;
+        uint32_t y3 = (uint32_t)p0;
+        *x0 = y0; *x1 = y1; *x2 = y2; *x3 = y3;
+        a += PHILOX_W0;
+        b += PHILOX_W1;
+    }
+}
+
+/* The generator's raw words for a known-answer test: counter c[0..3], key k[0..1] -> out[0..3]. */
+void hil_philox4x32_10(const uint32_t *c, const uint32_t *k, uint32_t *out) {
+    uint32_t x0 = c[0], x1 = c[1], x2 = c[2], x3 = c[3];
+    philox4x32_10(&x0, &x1, &x2, &x3, k[0], k[1]);
+    out[0] = x0; out[1] = x1; out[2] = x2; out[3] = x3;
+}
+
 /* Fill z[0 .. 4 n4) with N(0, 1) samples from counters (c0 + j, c1, n0, n1), j < n4, key (k0, k1). */
 static void philox_normals(float *restrict z, int64_t n4, uint64_t first, uint32_t n0, uint32_t n1,
                            uint32_t k0, uint32_t k1) {
@@ -80,19 +104,7 @@ static void philox_normals(float *restrict z, int64_t n4, uint64_t first, uint32
     for (int64_t j = 0; j < n4; j++) {
         uint64_t ctr = first + (uint64_t)j;
         uint32_t x0 = (uint32_t)ctr, x1 = (uint32_t)(ctr >> 32), x2 = n0, x3 = n1;
-        uint32_t a = k0, b = k1;
-#pragma GCC unroll 10
-        for (int round = 0; round < 10; round++) {
-            uint64_t p0 = (uint64_t)PHILOX_M0 * x0;
-            uint64_t p1 = (uint64_t)PHILOX_M1 * x2;
-            uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ a;
-            uint32_t y1 = (uint32_t)p1;
-            uint32_t y2 = (uint32_t)(p0 >> 32) ^ x3 ^ b;
-            uint32_t y3 = (uint32_t)p0;
-            x0 = y0; x1 = y1; x2 = y2; x3 = y3;
-            a += PHILOX_W0;
-            b += PHILOX_W1;
-        }
+        philox4x32_10(&x0, &x1, &x2, &x3, k0, k1);
         r[4 * j] = x0; r[4 * j + 1] = x1; r[4 * j + 2] = x2; r[4 * j + 3] = x3;
     }
     /* Box-Muller on pairs: u1 in (0, 1] (24 bits, never 0), u2 in [0, 1) */

@@ -166,6 +166,8 @@ def _load_locked() -> ctypes.CDLL | None:
                            u64, u64, ctypes.c_int32, ptr]
         lib.hil_adc_openmp.restype = ctypes.c_int
         lib.hil_adc_openmp.argtypes = []
+        lib.hil_philox4x32_10.restype = None
+        lib.hil_philox4x32_10.argtypes = [ptr, ptr, ptr]
         lib.hil_philox_normals.restype = None
         lib.hil_philox_normals.argtypes = [ptr, i64, u64, u64, u64]
         _lib = lib
@@ -190,6 +192,17 @@ def normals(n4: int, first: int, nonce: int, key: int) -> torch.Tensor:
     z = torch.empty(4 * n4)
     lib.hil_philox_normals(z.data_ptr(), n4, first, nonce, key)
     return z
+
+
+def philox4x32_10(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, ...]:
+    """The generator's raw output words for ``counter`` (4 x 32 bits) and ``key`` (2 x 32 bits): a
+    known-answer check against the published Philox4x32-10 test vectors (tests)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(why_unavailable())
+    c, k, out = (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), (ctypes.c_uint32 * 4)()
+    lib.hil_philox4x32_10(c, k, out)
+    return tuple(out)
 
 
 def adc_counts(d: torch.Tensor, s: torch.Tensor | None, var: torch.Tensor, gk: torch.Tensor, ot: torch.Tensor,

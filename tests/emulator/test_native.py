@@ -62,6 +62,14 @@ def test_native_chain_gives_the_reference_counts_for_the_same_noise(dtype: str, 
     assert float(want.abs().mean()) > 10  # real counts were compared
 
 
+def test_generator_is_philox4x32_10() -> None:
+    """Known answers of Philox4x32-10 (the test vectors published with Random123, Salmon et al. SC11)."""
+    assert native.philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert native.philox4x32_10((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert native.philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
 def test_generator_draws_standard_normals() -> None:
     z = native.normals(1 << 20, first=0, nonce=12345, key=678).numpy().astype(np.float64)
     n = z.size
