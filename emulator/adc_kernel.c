@@ -10,8 +10,8 @@
 
    with gk = gain k t, ot = offset t per (core, column) precomputed by the caller.
 
-   The normals come from a counter-based generator, Philox4x32-10 (Salmon, Moraes, Dror, Shaw,
-   "Parallel random numbers: as easy as 1, 2, 3", SC11), with the Box-Muller transform: output
+   The normals come from a counter-based generator, Philox4x32-10 ([PHILOX11]: Salmon, Moraes,
+   Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC11), with the Box-Muller transform: output
    (row r, column c) always draws from counter (r * ceil(C / 4) + c / 4, nonce), so the result is
    the same however the rows are split over threads. log, sin and cos are our own short series
    (relative error below 1e-6) so that the loops vectorise without a vector math library.
