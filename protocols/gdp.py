@@ -170,20 +170,27 @@ def _non_increasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.repeat(np.array(vals), lens)
 
 
-def _mvm_estimate(chip: Chip, cores: np.ndarray, t: np.ndarray, rng: np.random.Generator, p: GdpParams,
+def _rows_first(t: np.ndarray) -> np.ndarray:
+    """Targets (cores, rows, cols) [counts] as the float32 operand (rows, cores, cols) of one GEMM for
+    every core (made once per GDP run, not per estimate)."""
+    return np.ascontiguousarray(t.transpose(1, 0, 2), dtype=np.float32)
+
+
+def _mvm_estimate(chip: Chip, cores: np.ndarray, t_rows: np.ndarray, rng: np.random.Generator, p: GdpParams,
                   alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One batch of MVMs: (per-cell error estimate D, alpha, relative MVM error per core)."""
+    """One batch of MVMs against the targets ``t_rows`` (:func:`_rows_first`): (per-cell error
+    estimate D (cores, rows, cols), float32; alpha; relative MVM error per core)."""
     g = chip.geometry
     x = random_inputs(rng, p.batch, g.n_rows, p.input_sparsity)
     # float32 (counts below 2^12, errors of tens of counts: 1e-7 relative is ample); the small
     # (rows x rows) solve in float64.
     y = np.asarray(chip.mvm(x, cores), dtype=np.float32)
     xf = x.astype(np.float32)
-    n, r, c = t.shape
+    r, n, c = t_rows.shape
     b = xf.shape[0]
     # The inputs are shared by every core: each product is one GEMM over all cores' columns
     # (cores x C side by side), far faster than a batch of per-core products.
-    y_fp = (xf @ t.transpose(1, 0, 2).reshape(r, n * c).astype(np.float32)).reshape(b, n, c).transpose(1, 0, 2)
+    y_fp = (xf @ t_rows.reshape(r, n * c)).reshape(b, n, c).transpose(1, 0, 2)
     if alpha is None:
         alpha = fit_scale(y, y_fp)
     e = y / alpha[:, None, None].astype(np.float32) - y_fp
@@ -194,7 +201,7 @@ def _mvm_estimate(chip: Chip, cores: np.ndarray, t: np.ndarray, rng: np.random.G
     d = (pinv @ e.transpose(1, 0, 2).reshape(b, n * c)).reshape(r, n, c).transpose(1, 0, 2)
     ee = np.einsum("kbc,kbc->k", e, e, dtype=np.float64)
     rel = np.sqrt(ee / np.maximum(np.einsum("kbc,kbc->k", y_fp, y_fp, dtype=np.float64), 1e-30))
-    return d.astype(np.float64), alpha, rel
+    return d, alpha, rel
 
 
 def check_params(p: GdpParams, geometry: Geometry) -> None:
@@ -257,7 +264,7 @@ def gradient_descent_program(
         # alpha from the SET state: every programmed cell is then about +-set_counts.
         set_state = np.where(mag > 0, sign * p.set_counts, 0.0).reshape(t.shape)
         fixed = None if p.alpha is None else np.full(n_cores, p.alpha)
-        _, alpha, _ = _mvm_estimate(chip, cores, set_state, rng, p, fixed)
+        _, alpha, _ = _mvm_estimate(chip, cores, _rows_first(set_state), rng, p, fixed)
         first = mag > 0
         curve: tuple[np.ndarray, np.ndarray] | None = None
     else:
@@ -285,8 +292,9 @@ def gradient_descent_program(
     since_best = np.zeros(n, dtype=bool)  # cells pulsed since their core's best measured state
     losses: list[np.ndarray] = []
     start_rel = best = np.zeros(n_cores)
+    t_rows = _rows_first(t)
     for it in range(p.iterations + 1):
-        d, alpha, rel = _mvm_estimate(chip, cores, t, rng, p, alpha)
+        d, alpha, rel = _mvm_estimate(chip, cores, t_rows, rng, p, alpha)
         losses.append(rel)
         if it == 0:
             start_rel, best = rel.copy(), rel.copy()
@@ -370,7 +378,7 @@ def gradient_descent_program(
         est[cells] = pv.read.reshape(-1)[cells] - t.reshape(-1)[cells]  # verify error [counts]
         n_est[cells] = 0
         since_best[cells] = False
-        _, alpha, rel = _mvm_estimate(chip, cores, t, rng, p, alpha)
+        _, alpha, rel = _mvm_estimate(chip, cores, t_rows, rng, p, alpha)
         losses.append(rel)
         run.log("gdp_restore", core=cores[restored], cells=np.bincount(core_of[cells], minlength=n_cores)[restored],
                 mvm_error_before=losses[-2][restored], mvm_error_after=rel[restored],
