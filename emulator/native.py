@@ -174,6 +174,14 @@ def _load_locked() -> ctypes.CDLL | None:
     return _lib
 
 
+def _loaded() -> ctypes.CDLL:
+    """The library, or RuntimeError saying why it cannot be built here."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(why_unavailable())
+    return lib
+
+
 def why_unavailable() -> str | None:
     """None where the native chain can run here, else why not (with the fix)."""
     return None if _load() is not None else f"the native ADC chain is unavailable: {_error}"
@@ -186,9 +194,7 @@ def available() -> bool:
 
 def normals(n4: int, first: int, nonce: int, key: int) -> torch.Tensor:
     """The generator alone: the 4 ``n4`` normals of counters ``first`` .. ``first + n4 - 1`` (tests)."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(why_unavailable())
+    lib = _loaded()
     z = torch.empty(4 * n4)
     lib.hil_philox_normals(z.data_ptr(), n4, first, nonce, key)
     return z
@@ -197,9 +203,7 @@ def normals(n4: int, first: int, nonce: int, key: int) -> torch.Tensor:
 def philox4x32_10(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, ...]:
     """The generator's raw output words for ``counter`` (4 x 32 bits) and ``key`` (2 x 32 bits): a
     known-answer check against the published Philox4x32-10 test vectors (tests)."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(why_unavailable())
+    lib = _loaded()
     c, k, out = (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), (ctypes.c_uint32 * 4)()
     lib.hil_philox4x32_10(c, k, out)
     return tuple(out)
@@ -213,9 +217,7 @@ def adc_counts(d: torch.Tensor, s: torch.Tensor | None, var: torch.Tensor, gk: t
     ``gk``/``ot`` (n, C) float32: gain k t [counts per charge unit] and offset t [counts]; ``clip_hi``
     [charge units], ``bk`` [per charge unit], ``top`` [counts]; ``key``/``nonce``: the generator's key
     and this call's counter half (64 bits each); ``noise`` replaces the generator (tests)."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(why_unavailable())
+    lib = _loaded()
     n, b, c = d.shape
     s = d if s is None else s
     if s.dtype != d.dtype:
@@ -261,9 +263,7 @@ def mvm_small(x: torch.Tensor, cores: torch.Tensor, w3: torch.Tensor, gk: torch.
     accumulated in float32 (``gk``/``ot`` of all cores too), then the chain of :func:`adc_counts` with the same noise for the same
     (key, nonce, row, column). ``asym``: the 1-phase polarity asymmetry (d = x D + a x+ D). Takes
     B <= :data:`SMALL_MAX_BATCH` and R, C <= :data:`SMALL_MAX_RC` (the caller checks)."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(why_unavailable())
+    lib = _loaded()
     n, b, r = x.shape
     c = w3.shape[1] // 3
     if x.dtype != torch.int8 or x.stride(2) != 1:

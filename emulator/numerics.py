@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from emulator import native
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 #: The ADC chains (``numerics.adc_chain``): eager torch ops, torch.compile of them (the same draws),
 #: and the C loop of emulator/adc_kernel.c with its own counter-based generator (other draws).
@@ -172,8 +174,6 @@ def resolve_adc_chain(name: str, device: torch.device) -> str:
     with the reason and the fix: a run pinned to it must not silently draw other noise.
     """
     if name == "native":
-        from emulator import native
-
         if device.type != "cpu":
             raise ValueError(f"chain=native runs on the CPU only (device {device}); use chain=eager or compiled there.")
         why = native.why_unavailable()
@@ -186,13 +186,9 @@ def resolve_adc_chain(name: str, device: torch.device) -> str:
     entry = _read(path).get(machine_key(device)) if path is not None else None
     chosen = entry.get("adc_chain") if isinstance(entry, dict) else None
     if chosen is None and path is not None and device.type == "cpu":
-        from emulator import native
-
         why = native.why_unavailable()
         chosen = set_adc_chain(device, "eager" if why else "native", {}, source=why or "first chip: the C kernel builds")
     if chosen == "native":
-        from emulator import native
-
         return "native" if device.type == "cpu" and native.available() else "eager"
     return str(chosen) if chosen in CHAINS else "eager"
 

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hil.chip import Chip, ChipInfo, Geometry, PulseKind
 from hil.protocol import MemoryRunLog, RunLog, register_protocol
 from hil.runs import LIBVER, RunWriter
+from hil.runs.writer import SYNC_DROP_BYTES
 
 
 class SmallCallsConfig(BaseModel):
@@ -121,8 +122,6 @@ class _RawJournal:
             blocks, self._pending = self._pending, []
         for block in blocks:
             os.write(self._fd, block)
-        from hil.runs.writer import SYNC_DROP_BYTES
-
         if sum(b.nbytes for b in blocks) >= SYNC_DROP_BYTES:
             os.fdatasync(self._fd)
             if hasattr(os, "posix_fadvise"):
