@@ -17,6 +17,7 @@ chip info and pinned on resume (``emulator/spec.py``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,6 +90,15 @@ def _openmp_runtime() -> str | None:
     return found[0] if found else None
 
 
+def _remove_stale(folder: Path) -> None:
+    """Remove what builds killed mid-way left (temporary ``.adc-*`` files over an hour old)."""
+    now = time.time()
+    for leftover in folder.glob(".adc-*"):
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > 3600:
+                leftover.unlink()
+
+
 def _build() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
@@ -112,6 +123,7 @@ def _build() -> ctypes.CDLL:
                 return ctypes.CDLL(str(path))
             try:
                 folder.mkdir(parents=True, exist_ok=True)
+                _remove_stale(folder)
                 fd, tmp = tempfile.mkstemp(prefix=".adc-", suffix=".so", dir=folder)
                 os.close(fd)
             except OSError:

@@ -222,9 +222,29 @@ def test_other_builds_give_the_same_counts(flags: list[str], tmp_path: Path, mon
     assert native.available(), native.why_unavailable()
     assert bool(native._lib.hil_adc_openmp()) == ("-fopenmp" in flags)
     assert list((tmp_path / "hil" / "kernels").glob("adc-*.so"))  # built into the cache, not found elsewhere
+    assert not list((tmp_path / "hil" / "kernels").glob(".adc-*"))  # no temporary files left
     got = counts()
     for i, (a, b) in enumerate(zip(want, got, strict=True)):
         if i < 4:
             np.testing.assert_array_equal(a, b, err_msg=f"float32 #{i}")
         else:
             assert np.abs(a.astype(int) - b).max() <= 1, f"bfloat16 #{i}"
+
+
+def test_a_build_killed_midway_leaves_nothing_that_lasts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed while compiling leaves its temporary file; the next build removes it once it is
+    an hour old, and never takes it for a library."""
+    import os
+    import time
+
+    kernels = tmp_path / "hil" / "kernels"
+    kernels.mkdir(parents=True)
+    old, fresh = kernels / ".adc-killed.so", kernels / ".adc-building.so"
+    old.write_bytes(b"half a library")
+    fresh.write_bytes(b"another build, still running")
+    os.utime(old, (time.time() - 7200,) * 2)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert native.available(), native.why_unavailable()
+    assert not old.exists() and fresh.exists()
